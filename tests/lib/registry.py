@@ -1,0 +1,242 @@
+"""Run Debian's ``docker-registry`` (CNCF distribution 2.8) on 127.0.0.1 for tests.
+
+Three flavours: open, htpasswd (bcrypt via apache2-utils' ``htpasswd``) and
+token auth backed by our own :class:`tests.lib.token_issuer.TokenIssuer`.
+The access log is on, so tests can count what a client really fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from tests.lib.token_issuer import TokenIssuer
+
+REGISTRY_BIN = os.environ.get("INTERMODAL_REGISTRY_BIN", "/usr/bin/docker-registry")
+SERVICE = "intermodal-test-registry"
+ISSUER = "intermodal-test-issuer"
+
+# Apache combined log line as written by gorilla/handlers, e.g.
+# 127.0.0.1 - - [29/Nov/2026:06:50:00 +0000] "GET /v2/ HTTP/1.1" 401 87 "" "python-requests/2.x"
+_ACCESS_RE = re.compile(
+    r'^(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] '
+    r'"(?P<method>[A-Z]+) (?P<path>\S+) (?P<proto>[^"]+)" (?P<status>\d{3}) (?P<size>\S+)'
+)
+_BLOB_RE = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>[a-z0-9]+:[a-fA-F0-9]+)$")
+
+
+def free_port():
+    """A currently free TCP port on 127.0.0.1 (small race accepted: tests only)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RegistryStartError(RuntimeError):
+    pass
+
+
+class Registry:
+    """One docker-registry process; use as a context manager or start()/stop()."""
+
+    def __init__(self, workdir, auth=None, username="tester", password="s3cret-pass",
+                 port=None, anonymous_pull=True, refresh_token="intermodal-refresh-token"):
+        if auth not in (None, "htpasswd", "token"):
+            raise ValueError("auth must be None, 'htpasswd' or 'token', not %r" % (auth,))
+        self.workdir = os.path.abspath(workdir)
+        self.auth = auth
+        self.username = username
+        self.password = password
+        self.port = port
+        self.anonymous_pull = anonymous_pull
+        self.refresh_token = refresh_token
+        self.issuer = None
+        self.log_path = os.path.join(self.workdir, "registry.log")
+        self.config_path = os.path.join(self.workdir, "config.yml")
+        self.storage_dir = os.path.join(self.workdir, "storage")
+        self._proc = None
+        self._log_file = None
+
+    # ---- addresses ----------------------------------------------------
+    @property
+    def host(self):
+        return "127.0.0.1:%d" % self.port
+
+    @property
+    def url(self):
+        return "http://" + self.host
+
+    # ---- lifecycle ----------------------------------------------------
+    def _auth_config(self):
+        if self.auth == "htpasswd":
+            htpasswd_path = os.path.join(self.workdir, "htpasswd")
+            out = subprocess.run(
+                ["htpasswd", "-Bbn", self.username, self.password],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            with open(htpasswd_path, "w") as f:
+                f.write(out.strip() + "\n")
+            return ("auth:\n  htpasswd:\n    realm: basic-realm\n    path: %s\n" % htpasswd_path)
+        if self.auth == "token":
+            self.issuer = TokenIssuer(
+                {self.username: self.password},
+                workdir=os.path.join(self.workdir, "issuer"),
+                service=SERVICE, issuer=ISSUER,
+                anonymous_pull=self.anonymous_pull,
+                refresh_tokens={self.refresh_token: self.username},
+            ).start()
+            return (
+                "auth:\n  token:\n"
+                "    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n"
+                % (self.issuer.realm, SERVICE, ISSUER, self.issuer.cert_path)
+            )
+        return ""
+
+    def _write_config(self):
+        config = (
+            "version: 0.1\n"
+            "log:\n  level: info\n  accesslog:\n    disabled: false\n"
+            "storage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\n"
+            "http:\n  addr: %s\n"
+            % (self.storage_dir, self.host)
+        ) + self._auth_config()
+        with open(self.config_path, "w") as f:
+            f.write(config)
+
+    def start(self):
+        if self._proc is not None:
+            return self
+        os.makedirs(self.storage_dir, exist_ok=True)
+        if self.port is None:
+            self.port = free_port()
+        try:
+            self._write_config()
+            self._log_file = open(self.log_path, "ab")
+            self._proc = subprocess.Popen(
+                [REGISTRY_BIN, "serve", self.config_path],
+                stdout=self._log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+                # no proxy variables may leak into the registry's own requests
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            )
+            self._wait_ready(15.0)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        last = None
+        # bypass any proxy environment: loopback only
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                last = "exited with status %s" % self._proc.returncode
+                break
+            try:
+                with opener.open(self.url + "/v2/", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except urllib.error.HTTPError as e:
+                if e.code == 401:
+                    return
+                last = "HTTP %s" % e.code
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.1)
+        raise RegistryStartError(
+            "docker-registry on %s did not answer GET /v2/ (%s); log tail:\n%s"
+            % (self.host, last, self.log_tail())
+        )
+
+    def stop(self):
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self.issuer is not None:
+            self.issuer.stop()
+
+    def cleanup(self):
+        """Stop and remove the workdir (storage, config, logs)."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def running(self):
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # ---- logs ---------------------------------------------------------
+    def log_tail(self, lines=40):
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(data.splitlines()[-lines:])
+
+    def requests_log(self):
+        """Parsed access-log entries: dicts with method, path, status (+ user, size)."""
+        entries = []
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return entries
+        for line in lines:
+            m = _ACCESS_RE.match(line)
+            if not m:
+                continue
+            entries.append({
+                "method": m.group("method"),
+                "path": m.group("path"),
+                "status": int(m.group("status")),
+                "user": m.group("user"),
+                "size": m.group("size"),
+            })
+        return entries
+
+    def blob_fetches(self, digest=None):
+        """Successful blob GETs (200/206/307) per digest, or the count for one digest."""
+        counts = {}
+        for entry in self.requests_log():
+            if entry["method"] != "GET" or entry["status"] not in (200, 206, 307):
+                continue
+            m = _BLOB_RE.match(entry["path"].split("?", 1)[0])
+            if m:
+                counts[m.group("digest")] = counts.get(m.group("digest"), 0) + 1
+        if digest is not None:
+            return counts.get(digest, 0)
+        return counts
+
+    def clear_log(self):
+        """Truncate the log so later counts only see later requests."""
+        with open(self.log_path, "r+b") as f:
+            f.truncate(0)
