@@ -118,6 +118,9 @@ class Registry:
             self.port = free_port()
         try:
             self._write_config()
+            # Fresh log (readiness looks for "listening on" in it), opened
+            # O_APPEND so clear_log() can truncate it under the running process.
+            open(self.log_path, "wb").close()
             self._log_file = open(self.log_path, "ab")
             self._proc = subprocess.Popen(
                 [REGISTRY_BIN, "serve", self.config_path],
@@ -141,6 +144,12 @@ class Registry:
             if self._proc.poll() is not None:
                 last = "exited with status %s" % self._proc.returncode
                 break
+            # Only trust /v2/ once *this* process says it listens: with a port
+            # clash another server could be answering.
+            if not self._logged_listening():
+                last = "no 'listening on' in the log yet"
+                time.sleep(0.1)
+                continue
             try:
                 with opener.open(self.url + "/v2/", timeout=2) as resp:
                     if resp.status == 200:
@@ -156,6 +165,13 @@ class Registry:
             "docker-registry on %s did not answer GET /v2/ (%s); log tail:\n%s"
             % (self.host, last, self.log_tail())
         )
+
+    def _logged_listening(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"listening on " + self.host.encode() in f.read()
+        except OSError:
+            return False
 
     def stop(self):
         proc, self._proc = self._proc, None
