@@ -28,6 +28,7 @@ from ansible_collections.intermodal.containers.plugins.module_utils._manifest im
     build_config,
     build_index,
     build_manifest,
+    chain_ids,
     sha256_digest,
 )
 from ansible_collections.intermodal.containers.plugins.module_utils._platform import host_platform
@@ -86,20 +87,25 @@ def image_config_from_options(options):
 class ImportPlan:
     """What an import would create, computed without writing to the store."""
 
-    def __init__(self, path, diff_id, compression, config_bytes, config_digest, platform):
+    def __init__(self, path, diff_id, compression, config_bytes, config_digest, platform, base=None):
         self.path = path
         self.diff_id = diff_id
         self.compression = compression
         self.config_bytes = config_bytes
         self.config_digest = config_digest
         self.platform = platform
+        self.base = base  # (record, manifest, config) of the image we stack on, or None
 
 
-def plan_import(path, options=None, platform=None, comment=None):
-    """Hash the tar (decompressing if needed) and build the config it would get."""
+def plan_import(path, options=None, platform=None, comment=None, base=None):
+    """Hash the tar (decompressing if needed) and build the config it would get.
+
+    ``base`` is ``(record, manifest, config)`` of an image in the store: the
+    tar becomes a new top layer over it and unset config keys are inherited,
+    like a Dockerfile ``FROM base`` + ``ADD``.
+    """
     if not os.path.isfile(path):
         raise ImportError_("import_path %s does not exist or is not a regular file" % path)
-    wanted = platform or host_platform()
     with open(path, "rb") as handle:
         stream = DecompressingReader(handle)
         try:
@@ -107,23 +113,42 @@ def plan_import(path, options=None, platform=None, comment=None):
         finally:
             stream.close()
     diff_id = stream.diff_id()
+    history = [{"created_by": "intermodal.containers.image import", "comment": comment or os.path.basename(path)}]
+    image_config = image_config_from_options(options)
+    diff_ids = [diff_id]
+    if base is not None:
+        base_config = base[2]
+        wanted = platform or base_config.platform
+        merged = dict(base_config.config or {})
+        merged.update(image_config)
+        image_config = merged
+        diff_ids = list(base_config.diff_ids) + diff_ids
+        history = list(base_config.history or []) + history
+    else:
+        wanted = platform or host_platform()
     config_bytes = build_config(
-        [diff_id],
+        diff_ids,
         os=wanted.os,
         architecture=wanted.architecture,
         variant=wanted.variant,
-        config=image_config_from_options(options),
-        history=[{"created_by": "intermodal.containers.image import", "comment": comment or os.path.basename(path)}],
+        config=image_config,
+        history=history,
     )
-    return ImportPlan(path, diff_id, stream.detected, config_bytes, sha256_digest(config_bytes), wanted)
+    return ImportPlan(path, diff_id, stream.detected, config_bytes, sha256_digest(config_bytes), wanted, base)
 
 
 def apply_import(service, ref, plan):
     """Unpack, store the blobs, write the manifest and name it. Returns the record."""
     content = service.content
     content.ensure()
+    base_layers, parent = [], None
+    if plan.base is not None:
+        _base_record, base_manifest, base_config = plan.base
+        base_layers = list(base_manifest.layers)
+        parent = chain_ids(base_config.diff_ids)[-1]
+    chain_id = chain_ids(([] if plan.base is None else plan.base[2].diff_ids) + [plan.diff_id])[-1]
     with content.lock("store", shared=True):
-        with service.layers.produce(plan.diff_id) as job:
+        with service.layers.produce(chain_id) as job:
             if not job.exists:
                 with open(plan.path, "rb") as handle:
                     stream = DecompressingReader(handle, max_output=service.limits.max_total_bytes)
@@ -134,12 +159,12 @@ def apply_import(service, ref, plan):
                         stream.close()
                 if stream.diff_id() != plan.diff_id:
                     raise StoreError("%s changed while it was being imported" % plan.path)
-                job.commit(plan.diff_id, None, result.implied_dirs, result.entries, result.bytes_written)
+                job.commit(plan.diff_id, parent, result.implied_dirs, result.entries, result.bytes_written)
         layer_digest, layer_size, media_type = _store_layer_blob(content, plan)
         config_digest = content.put_bytes(plan.config_bytes)
         manifest = build_manifest(
             Descriptor.from_dict({"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(plan.config_bytes)}),
-            [Descriptor.from_dict({"mediaType": media_type, "digest": layer_digest, "size": layer_size})],
+            base_layers + [Descriptor.from_dict({"mediaType": media_type, "digest": layer_digest, "size": layer_size})],
         )
         manifest_digest = content.put_bytes(manifest)
         record = {

@@ -127,7 +127,15 @@ class ImageTask:
 
     def _ensure_imported(self, old):
         path = self.params.get("import_path")
-        plan = plan_import(path, self.params.get("import_config"), self.platform)
+        base = None
+        if self.params.get("import_base"):
+            base_ref = parse_reference(self.params["import_base"])
+            base_record = self.service.record(base_ref)
+            if base_record is None or not self.service.is_complete(base_record):
+                raise ImageNotFound("import_base %s is not in the store at %s; pull it first"
+                                    % (base_ref, self.service.content.root))
+            base = (base_record, self.service.manifest_of(base_record), self.service.config_of(base_record))
+        plan = plan_import(path, self.params.get("import_config"), self.platform, base=base)
         if old is not None and old.get("config_digest") == plan.config_digest and self.service.is_complete(old):
             return old
         self.changed = True

@@ -76,6 +76,13 @@ options:
     description:
       - Path on the target of a root filesystem tar (plain, gzip or zstd) for O(source=import).
     type: path
+  import_base:
+    description:
+      - For O(source=import), an image in the store to stack the tar on as a new top layer,
+        like C(FROM base) followed by C(ADD) in a Dockerfile. Unset O(import_config) keys are inherited from it.
+      - The tar may delete files of the base with whiteouts (C(.wh.NAME)) and hide a directory's
+        lower contents with C(.wh..wh..opq).
+    type: str
   import_config:
     description:
       - Image configuration for O(source=import).
@@ -283,6 +290,7 @@ def argument_spec():
         pull=dict(type="str", default="missing", choices=["missing", "always", "never"]),
         platform=dict(type="str"),
         import_path=dict(type="path"),
+        import_base=dict(type="str"),
         import_config=dict(type="dict", options=dict(
             cmd=dict(type="list", elements="str"),
             entrypoint=dict(type="list", elements="str"),
