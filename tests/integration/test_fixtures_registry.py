@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 
 import pytest
 import requests
@@ -134,11 +135,11 @@ def test_htpasswd_rejects_bad_and_accepts_good_credentials(registry_htpasswd):
 
 
 def _parse_challenge(header):
+    """'Bearer k="v",k2="a,b"' -> ('Bearer', {k: v, k2: 'a,b'}); commas may sit inside quotes."""
     scheme, _, params = header.partition(" ")
     out = {}
-    for part in params.split(","):
-        k, _, v = part.strip().partition("=")
-        out[k] = v.strip('"')
+    for m in re.finditer(r'(\w+)=(?:"([^"]*)"|([^,\s]*))', params):
+        out[m.group(1)] = m.group(2) if m.group(2) is not None else m.group(3)
     return scheme, out
 
 
@@ -223,8 +224,11 @@ def test_anonymous_token_pulls_but_cannot_push(registry_token):
 
     r = s.post("%s/v2/fixtures/anon/blobs/uploads/" % reg.url, headers=bearer)
     assert r.status_code in (401, 403)
-    assert 'error="insufficient_scope"' in r.headers["WWW-Authenticate"]
-    assert "repository:fixtures/anon:pull,push" in r.headers["WWW-Authenticate"]
+    _, params = _parse_challenge(r.headers["WWW-Authenticate"])
+    assert params["error"] == "insufficient_scope"
+    # distribution lists the actions in no fixed order (a Go map)
+    (wanted,) = parse_scopes([params["scope"]])
+    assert wanted["name"] == "fixtures/anon" and sorted(wanted["actions"]) == ["pull", "push"]
 
 
 def test_token_post_refresh_and_password_grants(registry_token):
@@ -267,6 +271,20 @@ def test_token_signed_by_untrusted_key_is_rejected(registry_token, tmp_path):
                                          "actions": ["pull", "push"]}])
     r = _session().get(registry_token.url + "/v2/", headers={"Authorization": "Bearer " + token})
     assert r.status_code == 401
+
+
+def test_token_issuer_without_anonymous_pull_requires_credentials(tmp_path):
+    with TokenIssuer({"u": "p"}, workdir=str(tmp_path / "iss"), anonymous_pull=False) as iss:
+        s = _session()
+        q = {"service": iss.service, "scope": "repository:a/b:pull"}
+        assert s.get(iss.realm, params=q).status_code == 401
+        r = s.get(iss.realm, params=q, auth=("u", "p"))
+        assert r.status_code == 200
+        assert _jwt_parts(r.json()["token"])[1]["access"][0]["actions"] == ["pull"]
+        assert [x["status"] for x in iss.requests] == [401, 200]
+        assert s.get(iss.realm.replace("/token", "/other")).status_code == 404
+    with pytest.raises(requests.ConnectionError):
+        _session().get(iss.realm, timeout=2)
 
 
 def test_parse_scopes_handles_ports_and_repeats():
