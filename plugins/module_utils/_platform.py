@@ -296,12 +296,17 @@ def is_attestation(descriptor):
 def select_manifest(index, wanted, name=None):
     """Pick the descriptor in ``index.manifests`` that best runs on ``wanted``.
 
+    ``wanted`` is a Platform or a string for ``parse_platform``; ``name`` (the
+    image reference) is only used in the error message.
+
     Attestations are skipped. The best rank in ``compatible_platforms(wanted)``
     wins; ties go to the first entry in index order. Entries without a platform
     are used only when no entry in the index declares one (the caller must then
     check the config with ``check_config_platform``). The result may itself be
     an index; bounding that recursion is the caller's job.
     """
+    if isinstance(wanted, str):
+        wanted = parse_platform(wanted)
     ranks = {key: i for i, key in enumerate(compatible_platforms(wanted))}
     entries = [d for d in index.manifests if not is_attestation(d)]
     best, best_rank = None, None
@@ -335,6 +340,8 @@ def check_config_platform(config, wanted, name=None):
     platforms. An empty os is taken as linux, as moby does; a config without
     architecture cannot be checked and is accepted.
     """
+    if isinstance(wanted, str):
+        wanted = parse_platform(wanted)
     os_name = getattr(config, "os", None) or "linux"
     arch = getattr(config, "architecture", None)
     if not arch:

@@ -174,6 +174,14 @@ def test_select_from_busybox_list(wanted, chosen):
     assert desc.digest == _digest(chosen)
 
 
+def test_wanted_may_be_a_string():
+    index = _index(BUSYBOX)
+    assert select_manifest(index, "linux/armhf").digest == _digest("linux/arm/v7")
+    check_config_platform(_config("linux", "arm64", "v8"), "arm64")
+    with pytest.raises(InvalidPlatform):
+        select_manifest(index, "linux/")
+
+
 def test_amd64_v2_takes_v1_over_v3():
     index = _index(["linux/amd64/v3", "linux/amd64", "linux/386"], OCI_INDEX)
     assert str(select_manifest(index, parse_platform("linux/amd64/v2")).platform) == "linux/amd64"
