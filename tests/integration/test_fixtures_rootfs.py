@@ -141,3 +141,56 @@ def test_debian_minbase_tar_is_built_once_and_cached(rootfs_cache_dir):
     assert all(info.mtime == rootfs.FIXED_MTIME for info in m.values())
     with tarfile.open(path) as tar:
         assert tar.extractfile("etc/debian_version").read().startswith(b"12.")
+
+
+def test_minbase_waits_for_a_concurrent_builder_and_reuses_its_tar(tmp_path):
+    """While another caller holds the build lock, a second caller waits; when
+    the first one has produced the tar, the second returns it without running
+    debootstrap (no network needed: the 'first builder' is this test)."""
+    import fcntl
+    import threading
+
+    cache = str(tmp_path)
+    dest = os.path.join(cache, "debian-%s-minbase-%s.tar" % (rootfs.DEBIAN_SUITE, rootfs.debian_arch()))
+    timings, result, errors = {}, [], []
+    with open(dest + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+        def second_caller():
+            try:
+                result.append(rootfs.build_debian_minbase(cache, timings=timings,
+                                                          mirror="http://127.0.0.1:9/"))
+            except Exception as e:  # surfaced by the asserts below
+                errors.append(e)
+
+        t = threading.Thread(target=second_caller)
+        t.start()
+        t.join(timeout=1.0)
+        assert t.is_alive()  # blocked on our lock, did not start its own build
+        with open(dest, "wb") as f:
+            f.write(b"built by the first caller")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        t.join(timeout=30)
+    assert not t.is_alive() and errors == []
+    assert result == [dest] and timings == {}
+    assert sorted(os.listdir(cache)) == sorted([os.path.basename(dest), os.path.basename(dest) + ".lock"])
+
+
+def test_safe_rmtree_unmounts_before_deleting(tmp_path):
+    """debootstrap can leave proc/tmpfs mounts in its target on failure; the
+    clean-up must unmount them rather than delete through them."""
+    if os.geteuid() != 0:
+        pytest.skip("mount needs root")
+    work = tmp_path / "work"
+    inner = work / "rootfs" / "dev"
+    inner.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "intermodal-test", str(inner)], check=True)
+    try:
+        (inner / "marker").write_text("x")
+        assert rootfs._mounts_under(str(work)) == [str(inner)]
+        rootfs._safe_rmtree(str(work))
+        assert not work.exists()
+        assert rootfs._mounts_under(str(work)) == []
+    finally:
+        if rootfs._mounts_under(str(work)):
+            subprocess.run(["umount", "-l", str(inner)], check=False)
