@@ -182,7 +182,7 @@ class RegistryTransport:
             proxies=proxies)
 
     def _exchange(self, method, url, headers=None, body=None, params=None, stream=False,
-                  retryable=True, retries=None):
+                  retryable=True, retries=None, retry_statuses=True):
         """One HTTP exchange with bounded retries on 429/5xx and transport errors.
 
         ``body`` may be bytes, a dict (form) or a callable returning a fresh
@@ -211,7 +211,7 @@ class RegistryTransport:
             finally:
                 if hasattr(data, "close"):
                     data.close()
-            if resp.status_code in RETRY_STATUSES and retryable:
+            if resp.status_code in RETRY_STATUSES and retryable and retry_statuses:
                 if attempt < retries:
                     wait = _retry_after(resp.headers.get("Retry-After"), self._clock())
                     wait = self._backoff(attempt) if wait is None else min(wait, self.backoff_cap)
@@ -232,14 +232,14 @@ class RegistryTransport:
 
     def _probe_scheme(self):
         # Insecure registries: try https without verification, then plain http
-        # (moby's order); the first answer of any status decides.
+        # (moby's order); the first HTTP answer of any status decides.
         try:
-            self._exchange("GET", "https://%s/v2/" % self.host, retries=0).close()
+            self._exchange("GET", "https://%s/v2/" % self.host, retries=0, retry_statuses=False).close()
             return "https"
         except RegistryUnreachable:
             pass
         try:
-            self._exchange("GET", "http://%s/v2/" % self.host).close()
+            self._exchange("GET", "http://%s/v2/" % self.host, retry_statuses=False).close()
         except RegistryUnreachable as exc:
             raise RegistryUnreachable("%s (tried https, then plain http)" % exc.message, url=exc.url)
         return "http"
