@@ -88,6 +88,9 @@ class RegistryClient(RegistryTransport):
             raise InvalidReference("invalid repository name %r" % (repository,))
         return "%s/v2/%s/%s/%s" % (self._base(), repository, kind, ref)
 
+    def _image_name(self, repository, reference):
+        return "%s/%s%s%s" % (self.registry, repository, "@" if ":" in reference else ":", reference)
+
     @staticmethod
     def _check_ref(reference):
         if isinstance(reference, str) and ":" in reference:
@@ -109,8 +112,7 @@ class RegistryClient(RegistryTransport):
         """{"media_type", "digest", "size"} of a tag or digest, HEAD first."""
         self._check_ref(reference)
         url = self._url(repository, "manifests", reference)
-        name = "%s/%s:%s" % (self.registry, repository, reference) if ":" not in reference \
-            else "%s/%s@%s" % (self.registry, repository, reference)
+        name = self._image_name(repository, reference)
         resp = self._request("HEAD", url, "repository:%s:pull" % repository, repository,
                              headers={"Accept": ACCEPT_MANIFESTS})
         if resp.status_code == 200:
@@ -146,7 +148,7 @@ class RegistryClient(RegistryTransport):
         if expected_digest is not None:
             validate_digest(expected_digest)
         by_digest = ":" in reference
-        name = "%s/%s%s%s" % (self.registry, repository, "@" if by_digest else ":", reference)
+        name = self._image_name(repository, reference)
         url = self._url(repository, "manifests", reference)
         resp = self._request("GET", url, "repository:%s:pull" % repository, repository,
                              headers={"Accept": ACCEPT_MANIFESTS}, stream=True)
@@ -337,12 +339,12 @@ class RegistryClient(RegistryTransport):
         resp = self._request("PUT", url, "repository:%s:pull,push" % repository, repository,
                              headers={"Content-Type": media_type}, body=bytes(body))
         if resp.status_code not in (200, 201, 202, 204):
-            self._raise_status(resp, "PUT", url, what="manifest %s/%s:%s" % (self.registry, repository, reference))
+            self._raise_status(resp, "PUT", url, what="manifest %s" % self._image_name(repository, reference))
         resp.close()
         echoed = resp.headers.get("Docker-Content-Digest", "").strip()
         if echoed and self._valid_digest(echoed) and echoed.split(":")[0] == digest.split(":")[0] \
                 and echoed != digest:
-            raise DigestMismatch("registry %s stored manifest %s:%s as %s, not %s"
-                                 % (self.registry, repository, reference, echoed, digest))
+            raise DigestMismatch("registry %s stored manifest %s as %s, not %s"
+                                 % (self.registry, self._image_name(repository, reference), echoed, digest))
         return digest
 
