@@ -49,9 +49,13 @@ def _chain(exc):
 def transport_cause(exc):
     """A short human cause for a transport failure, without URLs or queries.
 
+    ``None`` means a response that ended before its Content-Length.
+
     requests' own messages embed the request URL, whose query may hold an
     upload state or a presigned signature, so they are not repeated.
     """
+    if exc is None:
+        return "connection closed before the announced length"
     chain = _chain(exc)
     names = [type(e).__name__ for e in chain]
     for err in chain:
@@ -126,6 +130,7 @@ class BlobReader:
         self._pos = 0
         self._resp = None
         self._iter = None
+        self._end = None          # byte offset the current response announced it ends at
         self._foreign = None
         self._resumes = 0
         self._done = False
@@ -159,7 +164,7 @@ class BlobReader:
                 self._resp.close()
             except Exception:  # closing a broken socket must not mask the real error
                 pass
-        self._resp, self._iter = None, None
+        self._resp, self._iter, self._end = None, None, None
 
     # -- reading ------------------------------------------------------------
     def read(self, n=-1):
@@ -187,15 +192,21 @@ class BlobReader:
             try:
                 chunk = next(self._iter)
             except StopIteration:
-                self._finish()
-                return b""
+                if self._end is None or self.bytes_read >= self._end:
+                    self._finish()
+                    return b""
+                # urllib3 1.x (Debian 12's) ends a short body quietly instead of
+                # raising IncompleteRead: fewer bytes than announced is a break.
+                chunk = None
             except self._errors as exc:
+                chunk = exc
+            if chunk is None or isinstance(chunk, BaseException):
                 self._drop_response()
                 if self.bytes_read == self.size:
                     # Everything arrived; the connection died on the way out.
                     self._finish()
                     return b""
-                self._resume_after(exc)
+                self._resume_after(chunk)
                 continue
             if not chunk:
                 continue
@@ -255,6 +266,7 @@ class BlobReader:
             resp.close()
             raise DigestMismatch("%s: the registry announces %d bytes from byte %d, the descriptor "
                                  "says %d in total" % (self._name, int(length), offset, self.size))
+        self._end = offset + int(length) if length and length.isdigit() else None
         self._resp = resp
         self._iter = resp.iter_content(CHUNK_SIZE)
 
