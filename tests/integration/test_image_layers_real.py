@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from tests.integration.fixtures_images import debian_images, publish  # noqa: F401 (fixture)
 from tests.integration.image_helpers import image_playbook, result_of, store_report
 from tests.lib.rootfs import (
     DELTA_ADDED,
@@ -21,50 +22,14 @@ from tests.lib.rootfs import (
     DELTA_OPAQUE_NEW_FILE,
     DELTA_REMOVED,
     build_arch_variant_rootfs,
-    build_debian_delta_layer,
-    build_debian_minbase,
 )
 
-from ansible_collections.intermodal.containers.plugins.module_utils._image_import import (
-    apply_import,
-    plan_import,
-    push_index,
-)
+from ansible_collections.intermodal.containers.plugins.module_utils._image_import import push_index
 from ansible_collections.intermodal.containers.plugins.module_utils._images import ImageService
-from ansible_collections.intermodal.containers.plugins.module_utils._platform import host_platform, parse_platform
+from ansible_collections.intermodal.containers.plugins.module_utils._platform import host_platform
 from ansible_collections.intermodal.containers.plugins.module_utils._reference import parse_reference
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def publish(store_root, name, tar, base=None, platform=None, config=None):
-    """Import ``tar`` (on ``base``) and push it, with the collection's core."""
-    service = ImageService(store_root)
-    try:
-        ref = parse_reference(name)
-        base_info = None
-        if base is not None:
-            record = service.record(parse_reference(base))
-            base_info = (record, service.manifest_of(record), service.config_of(record))
-        plan = plan_import(tar, config, parse_platform(platform) if platform else None, base=base_info)
-        record = apply_import(service, ref, plan)
-        service.push(ref, record)
-        return record
-    finally:
-        service.close()
-
-
-@pytest.fixture(scope="module")
-def debian_images(registry_open, tmp_path_factory, rootfs_cache_dir):
-    work = tmp_path_factory.mktemp("debian")
-    minbase = build_debian_minbase(rootfs_cache_dir)
-    delta = build_debian_delta_layer(str(work / "delta.tar"))
-    publisher = str(work / "publisher")
-    base_name = registry_open.host + "/debian/minbase:bookworm"
-    top_name = registry_open.host + "/debian/delta:1"
-    publish(publisher, base_name, minbase, config={"cmd": ["/bin/bash"], "env": {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}})
-    publish(publisher, top_name, delta, base=base_name)
-    return {"base": base_name, "top": top_name}
 
 
 class OverlayMount:
