@@ -117,6 +117,8 @@ def validate_realm(realm, registry_host, insecure, resolver=None):
 
     Decides on the URL first (scheme, IP literal). A hostname is resolved (with
     ``resolver``, default socket.getaddrinfo) only when its addresses matter.
+    The later connection resolves again, so a DNS server that changes its
+    answer in between (rebinding) is not stopped here; literals always are.
     """
     parts = urlsplit(realm)
     scheme = parts.scheme.lower()
@@ -150,9 +152,11 @@ def validate_realm(realm, registry_host, insecure, resolver=None):
         addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
     for addr in addresses:
         if _is_refused_address(addr, insecure) and not (same_host and not addr.is_link_local):
+            why = "a link-local" if addr.is_link_local else "a non-public"
+            hint = "" if addr.is_link_local else " (mark the registry insecure to allow private token servers)"
             raise AuthenticationError(
-                "registry %s sent token realm %s which points at %s address %s; refusing it"
-                % (registry_host, shown, "a link-local" if addr.is_link_local else "a non-public", addr))
+                "registry %s sent token realm %s which points at %s address %s; refusing it%s"
+                % (registry_host, shown, why, addr, hint))
 
 
 def _parse_issued_at(value):

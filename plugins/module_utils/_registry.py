@@ -124,6 +124,8 @@ class RegistryClient(RegistryTransport):
                 raise ManifestError("image %s uses the Docker schema 1 manifest format, which is "
                                     "no longer supported" % name)
             valid = self._valid_digest(digest)
+            if ":" in reference and valid and digest.split(":")[0] != reference.split(":")[0]:
+                valid = False       # another algorithm: let GET verify the bytes instead
             if valid and length and length.isdigit() and media_type in MANIFEST_MEDIA_TYPES:
                 if ":" in reference and digest != reference:
                     raise DigestMismatch("registry %s resolved %s to a different digest %s"
@@ -163,7 +165,7 @@ class RegistryClient(RegistryTransport):
                 body = self._read_capped(resp, MAX_MANIFEST_SIZE)
         except self._requests.exceptions.RequestException as exc:
             raise RegistryUnreachable("cannot reach registry %s: %s while reading manifest %s"
-                                      % (self.registry, transport_cause(exc), name))
+                                      % (self.registry, transport_cause(exc), name)) from None
         finally:
             resp.close()
         if body is None:

@@ -207,7 +207,7 @@ class RegistryTransport:
                 raise RegistryUnreachable(
                     "cannot reach registry %s: %s (%s %s)%s"
                     % (self.registry, transport_cause(exc), method, redact_url(url), tried),
-                    url=redact_url(url))
+                    url=redact_url(url)) from None   # requests' text names the full URL
             finally:
                 if hasattr(data, "close"):
                     data.close()
@@ -241,7 +241,7 @@ class RegistryTransport:
         try:
             self._exchange("GET", "http://%s/v2/" % self.host, retry_statuses=False).close()
         except RegistryUnreachable as exc:
-            raise RegistryUnreachable("%s (tried https, then plain http)" % exc.message, url=exc.url)
+            raise RegistryUnreachable("%s (tried https, then plain http)" % exc.message, url=exc.url) from None
         return "http"
 
     def _credentials_for(self, repository):

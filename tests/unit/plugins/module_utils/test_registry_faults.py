@@ -332,6 +332,8 @@ def test_connection_refused_is_registry_unreachable():
     text = str(err.value)
     assert text.startswith("cannot reach registry 127.0.0.1:%d: connection refused" % port)
     assert "tried https, then plain http" in text
+    # requests' own exception (whose text carries full URLs) is not chained on
+    assert err.value.__suppress_context__ and err.value.__cause__ is None
 
 
 def test_insecure_loopback_falls_back_to_http_and_remembers(fake, store):
