@@ -3,8 +3,11 @@
 - registry_open / registry_htpasswd / registry_token: session-scoped, started
   docker-registry processes on 127.0.0.1 (see tests/lib/registry.py).
 - collection_env: environment for ansible-playbook subprocesses.
+- make_registry: start extra registries (own workdir, stopped afterwards).
 - run_playbook: run a playbook (path or YAML text) against localhost and get
   back rc, stdout, per-task results and the recap.
+- busybox_rootfs_tar, debian_delta_layer_tar, arch_rootfs_tar, and
+  debian_minbase_tar (cached across runs, built by debootstrap on first use).
 """
 
 from __future__ import annotations
@@ -55,6 +58,24 @@ def registry_htpasswd(tmp_path_factory):
 def registry_token(tmp_path_factory):
     """Token-auth registry; its TokenIssuer is `registry_token.issuer`."""
     yield from _registry_fixture(tmp_path_factory, "token", "token")
+
+
+@pytest.fixture
+def make_registry(tmp_path):
+    """make_registry(auth=None, **kwargs) -> started Registry, stopped and
+    removed after the test (for tests needing a fresh log or other settings)."""
+    started = []
+
+    def make(auth=None, **kwargs):
+        reg = Registry(str(tmp_path / ("registry-%d" % len(started))), auth=auth, **kwargs)
+        started.append(reg)
+        return reg.start()
+
+    try:
+        yield make
+    finally:
+        for reg in started:
+            reg.cleanup()
 
 
 # ---- ansible-playbook ------------------------------------------------------
@@ -172,6 +193,49 @@ def run_playbook(collection_env, tmp_path):
     workdir = tmp_path / "playbooks"
     workdir.mkdir(exist_ok=True)
     return make_playbook_runner(collection_env, str(workdir))
+
+
+# ---- rootfs tars ------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def rootfs_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rootfs")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(str(path), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs_tar(rootfs_dir):
+    from tests.lib.rootfs import build_busybox_rootfs
+    return build_busybox_rootfs(str(rootfs_dir / "busybox-rootfs.tar"))
+
+
+@pytest.fixture(scope="session")
+def debian_delta_layer_tar(rootfs_dir):
+    from tests.lib.rootfs import build_debian_delta_layer
+    return build_debian_delta_layer(str(rootfs_dir / "debian-delta.tar"))
+
+
+@pytest.fixture(scope="session")
+def arch_rootfs_tar(rootfs_dir):
+    """arch_rootfs_tar("arm64") -> path of a tiny rootfs with etc/arch."""
+    from tests.lib.rootfs import build_arch_variant_rootfs
+
+    def build(arch):
+        return build_arch_variant_rootfs(
+            str(rootfs_dir / ("arch-%s.tar" % arch.replace("/", "-"))), arch)
+    return build
+
+
+@pytest.fixture(scope="session")
+def debian_minbase_tar(rootfs_cache_dir):
+    """Cached debootstrap minbase tar (first use: ~25 s, needs root + apt mirror)."""
+    from tests.lib.rootfs import build_debian_minbase
+    if os.geteuid() != 0:
+        pytest.skip("debootstrap needs root")
+    return build_debian_minbase(rootfs_cache_dir)
 
 
 @pytest.fixture(scope="session")

@@ -381,3 +381,19 @@ def test_run_playbook_expect_failure_and_check_mode(run_playbook, tmp_path):
     assert res.rc != 0 and res.failed == 1
     assert res.task("boom")["result"]["msg"] == "wanted failure"
     assert target.read_text() == "hi"
+
+
+def test_make_registry_gives_fresh_registries(make_registry):
+    a = make_registry()
+    b = make_registry(auth="htpasswd", username="other", password="pw")
+    assert a.port != b.port
+    s = _session()
+    assert s.get(b.url + "/v2/", auth=("other", "pw")).status_code == 200
+    _push_blob(s, a, "fresh/one", b"payload")
+    assert a.blob_fetches() == {}
+    s.get("%s/v2/fresh/one/blobs/%s" % (a.url, _digest(b"payload")))
+    assert a.blob_fetches() == {_digest(b"payload"): 1}
+    a.clear_log()
+    assert a.blob_fetches() == {} and a.requests_log() == []
+    s.get("%s/v2/fresh/one/blobs/%s" % (a.url, _digest(b"payload")))
+    assert a.blob_fetches(_digest(b"payload")) == 1

@@ -194,3 +194,10 @@ def test_safe_rmtree_unmounts_before_deleting(tmp_path):
     finally:
         if rootfs._mounts_under(str(work)):
             subprocess.run(["umount", "-l", str(inner)], check=False)
+
+
+def test_session_rootfs_fixtures(busybox_rootfs_tar, debian_delta_layer_tar, arch_rootfs_tar):
+    assert "bin/sh" in _members(busybox_rootfs_tar)
+    assert "etc/.wh.issue.net" in _members(debian_delta_layer_tar)
+    with tarfile.open(arch_rootfs_tar("arm64")) as tar:
+        assert tar.extractfile("etc/arch").read() == b"arm64\n"

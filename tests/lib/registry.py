@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 from tests.lib.token_issuer import TokenIssuer
 
@@ -29,6 +30,7 @@ _ACCESS_RE = re.compile(
     r'^(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] '
     r'"(?P<method>[A-Z]+) (?P<path>\S+) (?P<proto>[^"]+)" (?P<status>\d{3}) (?P<size>\S+)'
 )
+_SYNC_PARAM = "intermodal-log-sync"
 _BLOB_RE = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>[a-z0-9]+:[a-fA-F0-9]+)$")
 
 
@@ -218,17 +220,49 @@ class Registry:
             return "(no log)"
         return "\n".join(data.splitlines()[-lines:])
 
-    def requests_log(self):
-        """Parsed access-log entries: dicts with method, path, status (+ user, size)."""
-        entries = []
+    def _read_log_lines(self):
         try:
             with open(self.log_path, "rb") as f:
-                lines = f.read().decode("utf-8", "replace").splitlines()
+                return f.read().decode("utf-8", "replace").splitlines()
         except OSError:
-            return entries
-        for line in lines:
+            return []
+
+    def sync_log(self, timeout=10.0):
+        """Wait until requests already answered are in the access log.
+
+        gorilla/handlers writes the access line after the handler returns,
+        which can be after the client has read the whole body.  A marker
+        request sent now is logged after those lines are written (their
+        responses were complete before it was sent), so seeing the marker
+        means the earlier lines are there.
+        """
+        if not self.running:
+            return
+        marker = "%s=%s" % (_SYNC_PARAM, uuid.uuid4().hex)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            opener.open("%s/v2/?%s" % (self.url, marker), timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # 401 on auth registries: still logged
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(marker in line for line in self._read_log_lines()):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("registry %s never logged the sync marker" % self.host)
+
+    def requests_log(self, sync=True):
+        """Parsed access-log entries: dicts with method, path, status (+ user, size).
+
+        With sync (default) it first waits for in-flight log lines
+        (see sync_log); the marker requests themselves are left out.
+        """
+        if sync:
+            self.sync_log()
+        entries = []
+        for line in self._read_log_lines():
             m = _ACCESS_RE.match(line)
-            if not m:
+            if not m or _SYNC_PARAM in m.group("path"):
                 continue
             entries.append({
                 "method": m.group("method"),
@@ -254,5 +288,6 @@ class Registry:
 
     def clear_log(self):
         """Truncate the log so later counts only see later requests."""
+        self.sync_log()  # so no earlier line lands after the truncation
         with open(self.log_path, "r+b") as f:
             f.truncate(0)
