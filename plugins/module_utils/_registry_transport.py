@@ -151,7 +151,8 @@ class RegistryTransport:
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         self._session = session
-        if self.insecure:
+        if self._verify is False:
+            # The user chose no verification; a warning per request says nothing new.
             try:
                 from urllib3.exceptions import InsecureRequestWarning
                 warnings.filterwarnings("ignore", category=InsecureRequestWarning)

@@ -24,6 +24,7 @@ from ansible_collections.intermodal.containers.plugins.module_utils._errors impo
     AuthenticationError,
     BlobNotFound,
     ManifestNotFound,
+    RegistryUnreachable,
 )
 from ansible_collections.intermodal.containers.plugins.module_utils._registry import (
     MANIFEST_MEDIA_TYPES,
@@ -218,3 +219,104 @@ def test_token_auth_with_identity_token(token_registry, tmp_path):
         push_image(client, "tok/identity", "v1", b"pushed-with-a-refresh-token")
     posts = [r for r in reg.issuer.requests if r.get("grant_type") == "refresh_token"]
     assert posts and all(r["status"] == 200 for r in posts)
+
+
+# -- TLS: a real registry serving https with a self-signed certificate ------------
+
+def _self_signed(cert_path, key_path):
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intermodal-test-registry")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    with open(cert_path, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+
+
+@pytest.fixture(scope="module")
+def tls_registry():
+    """docker-registry on https://127.0.0.1:<free port> with a self-signed cert."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.lib.registry import REGISTRY_BIN, free_port
+
+    base = tempfile.mkdtemp(prefix="intermodal-regclient-tls-")
+    cert, key = os.path.join(base, "cert.pem"), os.path.join(base, "key.pem")
+    _self_signed(cert, key)
+    port = free_port()
+    config = os.path.join(base, "config.yml")
+    with open(config, "w") as handle:
+        handle.write("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
+                     "http:\n  addr: 127.0.0.1:%d\n  tls:\n    certificate: %s\n    key: %s\n"
+                     % (os.path.join(base, "storage"), port, cert, key))
+    log = open(os.path.join(base, "registry.log"), "wb")
+    proc = subprocess.Popen([REGISTRY_BIN, "serve", config], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, "docker-registry exited: %s" % open(log.name).read()[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "docker-registry (tls) did not listen on %d" % port
+                time.sleep(0.1)
+        yield {"host": "127.0.0.1:%d" % port, "ca": cert}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_tls_loopback_is_insecure_but_stays_on_https(tls_registry):
+    with RegistryClient(tls_registry["host"], environ=NO_AUTH_FILES) as client:
+        manifest, _, _ = push_image(client, "tls/app", "v1", b"layer over https")
+        assert client._scheme == "https"       # the https attempt answered: no fallback to http
+        assert client.resolve("tls/app", "v1")["digest"] == digest_of(manifest)
+
+
+def test_tls_verification_with_ca_path(tls_registry):
+    with RegistryClient(tls_registry["host"], insecure=False, ca_path=tls_registry["ca"],
+                        environ=NO_AUTH_FILES) as client:
+        client.ping()
+        push_image(client, "tls/verified", "v1", b"verified layer")
+        assert client.list_tags("tls/verified") == ["v1"]
+
+
+def test_tls_untrusted_certificate_is_refused_without_retries(tls_registry):
+    with RegistryClient(tls_registry["host"], insecure=False, environ=NO_AUTH_FILES) as client:
+        sleeps = []
+        client._sleep = sleeps.append
+        with pytest.raises(RegistryUnreachable) as err:
+            client.ping()
+        assert "TLS certificate verification failed" in str(err.value)
+        assert tls_registry["host"] in str(err.value)
+        assert sleeps == []                    # a certificate problem does not go away by retrying
+    with RegistryClient(tls_registry["host"], insecure=False, validate_certs=False,
+                        environ=NO_AUTH_FILES) as client:
+        client.ping()
