@@ -375,3 +375,61 @@ def test_missing_requests_is_a_clear_dependency_error(monkeypatch):
     with pytest.raises(MissingDependency) as err:
         RegistryClient("127.0.0.1:5000")
     assert "pip install requests" in str(err.value)
+
+
+def test_redirect_downgrade_to_http_is_refused():
+    from ansible_collections.intermodal.containers.plugins.module_utils._blobio import check_redirect_target
+    with pytest.raises(RegistryError) as err:
+        check_redirect_target("reg.example", "https://reg.example/v2/x", "http://cdn.example/blob", False)
+    assert "plain http" in str(err.value)
+    check_redirect_target("reg.example", "https://reg.example/v2/x", "http://cdn.example/blob", True)
+    check_redirect_target("reg.example", "https://reg.example/v2/x", "https://cdn.example/blob?sig=1", False)
+
+
+# -- tags and manifest push ---------------------------------------------------------
+
+def test_list_tags_follows_link_pagination(fake):
+    pages = {None: (["a", "b"], '</v2/lib/app/tags/list?n=2&last=b>; rel="next"'),
+             "b": (["c"], None)}
+
+    def handler(req):
+        last = req.query.get("last", [None])[0]
+        tags, link = pages[last]
+        headers = {"Content-Type": "application/json"}
+        if link:
+            headers["Link"] = link
+        return Reply(200, headers, {"name": "lib/app", "tags": tags})
+
+    fake.handler = handler
+    assert make_client(fake).list_tags("lib/app") == ["a", "b", "c"]
+
+
+def test_list_tags_refuses_a_link_to_another_host(fake):
+    fake.handler = lambda req: Reply(200, {"Link": '<http://169.254.169.254/v2/x/tags/list>; rel="next"'},
+                                     {"tags": ["a"]})
+    with pytest.raises(RegistryError):
+        make_client(fake).list_tags("lib/app")
+
+
+def test_put_manifest_verifies_the_echoed_digest(fake, store):
+    body = json.dumps(manifest_doc()).encode()
+    fake.handler = lambda req: Reply(201, {"Docker-Content-Digest": "sha256:" + "9" * 64})
+    with pytest.raises(DigestMismatch) as err:
+        make_client(fake).put_manifest("lib/app", "v1", body, OCI_MANIFEST)
+    assert sha256(body) in str(err.value)
+    fake.handler = lambda req: Reply(201, {"Docker-Content-Digest": sha256(body)})
+    assert make_client(fake).put_manifest("lib/app", "v1", body, OCI_MANIFEST) == sha256(body)
+    put = fake.seen("PUT")[-1]
+    assert put.body == body and put.headers["content-type"] == OCI_MANIFEST
+
+
+def test_invalid_names_are_refused_before_any_request(fake):
+    from ansible_collections.intermodal.containers.plugins.module_utils._errors import InvalidReference
+    client = make_client(fake)
+    for repo, ref in (("../etc", "v1"), ("lib/app", "sha256:../../x"), ("lib/app", "bad tag"),
+                      ("Lib/App", "v1")):
+        with pytest.raises(InvalidReference):
+            client.get_manifest(repo, ref)
+    with pytest.raises(InvalidReference):
+        client.open_blob("lib/app", "sha256:" + "A" * 64, 1)
+    assert fake.seen(path_prefix="/v2/lib") == [] and fake.seen(path_prefix="/v2/..") == []
