@@ -397,3 +397,17 @@ def test_make_registry_gives_fresh_registries(make_registry):
     assert a.blob_fetches() == {} and a.requests_log() == []
     s.get("%s/v2/fresh/one/blobs/%s" % (a.url, _digest(b"payload")))
     assert a.blob_fetches(_digest(b"payload")) == 1
+
+
+def test_tls_registry_is_trusted_only_with_its_ca(make_registry):
+    reg = make_registry(tls=True)
+    assert reg.url == "https://" + reg.host
+    s = _session()
+    with pytest.raises(requests.exceptions.SSLError):
+        s.get(reg.url + "/v2/", timeout=5)  # system CAs do not know our test CA
+    r = s.get(reg.url + "/v2/", verify=reg.ca_path, timeout=5)
+    assert r.status_code == 200
+    s.verify = reg.ca_path
+    digest = _push_blob(s, reg, "tls/repo", b"over tls")
+    assert s.get("%s/v2/tls/repo/blobs/%s" % (reg.url, digest)).content == b"over tls"
+    assert reg.blob_fetches(digest) == 1

@@ -2,7 +2,9 @@
 
 Three flavours: open, htpasswd (bcrypt via apache2-utils' ``htpasswd``) and
 token auth backed by our own :class:`tests.lib.token_issuer.TokenIssuer`.
-The access log is on, so tests can count what a client really fetched.
+With ``tls=True`` it serves https with a cert signed by a test CA
+(``Registry.ca_path``).  The access log is on, so tests can count what a
+client really fetched (``requests_log``, ``blob_fetches``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import socket
 import subprocess
 import time
@@ -41,6 +44,55 @@ def free_port():
         return s.getsockname()[1]
 
 
+def write_ca_and_server_cert(directory, ip="127.0.0.1"):
+    """A test CA (directory/ca.pem) and a server cert+key for `ip` signed by it.
+
+    Returns (cert_path, key_path).  Clients trust the registry by pointing at
+    ca.pem, exactly as with a private registry's CA.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject, issuer, pub, signer, ca, extra=()):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+             .public_key(pub).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1))
+             .not_valid_after(now + datetime.timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        for ext in extra:
+            b = b.add_extension(ext, critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intermodal test CA")])
+    ca = build(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]), ca_name, key.public_key(),
+        ca_key, False,
+        [x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])],
+    )
+    paths = {name: os.path.join(directory, name) for name in ("ca.pem", "server.pem", "server-key.pem")}
+    with open(paths["ca.pem"], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(paths["server.pem"], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(paths["server-key.pem"], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    os.chmod(paths["server-key.pem"], 0o600)
+    return paths["server.pem"], paths["server-key.pem"]
+
+
 class RegistryStartError(RuntimeError):
     pass
 
@@ -49,7 +101,8 @@ class Registry:
     """One docker-registry process; use as a context manager or start()/stop()."""
 
     def __init__(self, workdir, auth=None, username="tester", password="s3cret-pass",
-                 port=None, anonymous_pull=True, refresh_token="intermodal-refresh-token"):
+                 port=None, anonymous_pull=True, refresh_token="intermodal-refresh-token",
+                 tls=False):
         if auth not in (None, "htpasswd", "token"):
             raise ValueError("auth must be None, 'htpasswd' or 'token', not %r" % (auth,))
         self.workdir = os.path.abspath(workdir)
@@ -59,6 +112,10 @@ class Registry:
         self.port = port
         self.anonymous_pull = anonymous_pull
         self.refresh_token = refresh_token
+        # tls: serve https with a cert for 127.0.0.1 signed by a test CA
+        # whose PEM is at ca_path (for clients' CA-bundle / insecure tests).
+        self.tls = tls
+        self.ca_path = os.path.join(self.workdir, "tls", "ca.pem") if tls else None
         self.issuer = None
         self.log_path = os.path.join(self.workdir, "registry.log")
         self.config_path = os.path.join(self.workdir, "config.yml")
@@ -73,7 +130,7 @@ class Registry:
 
     @property
     def url(self):
-        return "http://" + self.host
+        return ("https://" if self.tls else "http://") + self.host
 
     # ---- lifecycle ----------------------------------------------------
     def _auth_config(self):
@@ -101,6 +158,20 @@ class Registry:
             )
         return ""
 
+    def _tls_config(self):
+        if not self.tls:
+            return ""
+        cert, key = write_ca_and_server_cert(os.path.dirname(self.ca_path), "127.0.0.1")
+        return "  tls:\n    certificate: %s\n    key: %s\n" % (cert, key)
+
+    def _opener(self):
+        """urllib opener that ignores proxy settings and trusts our test CA."""
+        handlers = [urllib.request.ProxyHandler({})]
+        if self.tls:
+            handlers.append(urllib.request.HTTPSHandler(
+                context=ssl.create_default_context(cafile=self.ca_path)))
+        return urllib.request.build_opener(*handlers)
+
     def _write_config(self):
         config = (
             "version: 0.1\n"
@@ -108,7 +179,7 @@ class Registry:
             "storage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\n"
             "http:\n  addr: %s\n"
             % (self.storage_dir, self.host)
-        ) + self._auth_config()
+        ) + self._tls_config() + self._auth_config()
         with open(self.config_path, "w") as f:
             f.write(config)
 
@@ -141,7 +212,7 @@ class Registry:
         deadline = time.monotonic() + timeout
         last = None
         # bypass any proxy environment: loopback only
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        opener = self._opener()
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 last = "exited with status %s" % self._proc.returncode
@@ -239,7 +310,7 @@ class Registry:
         if not self.running:
             return
         marker = "%s=%s" % (_SYNC_PARAM, uuid.uuid4().hex)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        opener = self._opener()
         try:
             opener.open("%s/v2/?%s" % (self.url, marker), timeout=5).close()
         except urllib.error.HTTPError:
