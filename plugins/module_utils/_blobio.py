@@ -277,11 +277,17 @@ class BlobReader:
             raise RegistryError("%s is not in the registry; its descriptor points at foreign URLs on %s, "
                                 "which are not allowed (allow_foreign_urls is off)"
                                 % (self._name, ", ".join(hosts)))
+        allowed = client.allow_foreign_urls
         last = None
         for url in self._urls:
-            scheme = urlsplit(url).scheme.lower()
+            parts = urlsplit(url)
+            scheme = parts.scheme.lower()
             if scheme != "https" and not (scheme == "http" and client.insecure):
                 last = RegistryError("%s: foreign URL scheme %r refused" % (self._name, scheme))
+                continue
+            if allowed is not True and (parts.hostname or "").lower() not in allowed:
+                last = RegistryError("%s: foreign URL host %s is not in allow_foreign_urls"
+                                     % (self._name, parts.hostname))
                 continue
             try:
                 check_redirect_target(client.registry, "https://" + client.host, url, client.insecure)

@@ -232,7 +232,7 @@ class RegistryClient(RegistryTransport):
 
     def _open_blob_response(self, repository, digest, offset, foreign_url=None):
         """GET a blob from ``offset``; the caller checks Range semantics."""
-        headers = {"Accept-Encoding": "identity"}
+        headers = {}
         if offset:
             headers["Range"] = "bytes=%d-" % offset
         if foreign_url is not None:

@@ -130,7 +130,11 @@ class RegistryTransport:
         self.timeout = timeout
         self.retries = max(0, int(retries))
         self.backoff_cap = float(backoff_cap)
-        self.allow_foreign_urls = allow_foreign_urls
+        # False, True (any https host) or a list of host names to fetch foreign layers from.
+        if allow_foreign_urls in (False, None, True):
+            self.allow_foreign_urls = bool(allow_foreign_urls)
+        else:
+            self.allow_foreign_urls = [h.lower() for h in allow_foreign_urls]
         self._user_agent = user_agent
         self._environ = environ
         self._auth_file = auth_file
@@ -193,6 +197,8 @@ class RegistryTransport:
         retries = self.retries if retries is None else retries
         headers = dict(headers or {})
         headers.setdefault("User-Agent", self._user_agent)
+        # Digests are over the stored bytes; no transfer compression to undo (or to bomb us).
+        headers.setdefault("Accept-Encoding", "identity")
         attempt = 0
         while True:
             data = body() if callable(body) else body

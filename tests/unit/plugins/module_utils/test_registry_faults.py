@@ -186,6 +186,13 @@ def test_foreign_urls_refused_unless_allowed(fake, store):
         assert allowed.open_blob("lib/app", sha256(b"abc"), 3, urls=urls).read() == b"abc"
         assert [r.headers.get("authorization") for r in foreign.seen()] == [None]
 
+        listed = make_client(fake, allow_foreign_urls=["127.0.0.1"])
+        assert listed.open_blob("lib/app", sha256(b"abc"), 3, urls=urls).read() == b"abc"
+        unlisted = make_client(fake, allow_foreign_urls=["cdn.example"])
+        with pytest.raises(RegistryError) as err:
+            unlisted.open_blob("lib/app", sha256(b"abc"), 3, urls=urls).read()
+        assert "not in allow_foreign_urls" in str(err.value) and len(foreign.seen()) == 2
+
 
 # -- manifests ----------------------------------------------------------------
 
