@@ -37,6 +37,18 @@ _SYNC_PARAM = "intermodal-log-sync"
 _BLOB_RE = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>[a-z0-9]+:[a-fA-F0-9]+)$")
 
 
+def _die_with_parent():
+    """Child-side: get SIGTERM if the test process dies without cleaning up
+    (killed pytest), so no registry outlives it."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port():
     """A currently free TCP port on 127.0.0.1 (small race accepted: tests only)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -199,6 +211,7 @@ class Registry:
                 [REGISTRY_BIN, "serve", self.config_path],
                 stdout=self._log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent,
                 # no proxy variables may leak into the registry's own requests
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             )
