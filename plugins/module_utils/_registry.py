@@ -22,10 +22,7 @@ import json
 import re
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from ansible_collections.intermodal.containers.plugins.module_utils._blobio import (
-    BlobReader,
-    transport_cause,
-)
+from ansible_collections.intermodal.containers.plugins.module_utils._blobio import BlobReader
 from ansible_collections.intermodal.containers.plugins.module_utils._errors import (
     DigestMismatch,
     InvalidReference,
@@ -152,22 +149,28 @@ class RegistryClient(RegistryTransport):
         by_digest = ":" in reference
         name = self._image_name(repository, reference)
         url = self._url(repository, "manifests", reference)
-        resp = self._request("GET", url, "repository:%s:pull" % repository, repository,
-                             headers={"Accept": ACCEPT_MANIFESTS}, stream=True)
-        if resp.status_code != 200:
-            self._raise_status(resp, "GET", url, not_found=(ManifestNotFound, "image %s not found" % name),
-                               what="manifest %s" % name)
-        try:
-            length = resp.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > MAX_MANIFEST_SIZE:
-                body = None
-            else:
-                body = self._read_capped(resp, MAX_MANIFEST_SIZE)
-        except self._requests.exceptions.RequestException as exc:
-            raise RegistryUnreachable("cannot reach registry %s: %s while reading manifest %s"
-                                      % (self.registry, transport_cause(exc), name)) from None
-        finally:
-            resp.close()
+        attempt = 0
+        while True:
+            resp = self._request("GET", url, "repository:%s:pull" % repository, repository,
+                                 headers={"Accept": ACCEPT_MANIFESTS}, stream=True)
+            if resp.status_code != 200:
+                self._raise_status(resp, "GET", url, what="manifest %s" % name,
+                                   not_found=(ManifestNotFound, "image %s not found" % name))
+            try:
+                length = resp.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) > MAX_MANIFEST_SIZE:
+                    body = None
+                else:
+                    body = self._read_capped(resp, MAX_MANIFEST_SIZE, what="manifest " + name)
+                break
+            except RegistryUnreachable:
+                # Nothing was handed out yet: a GET broken mid-body is simply asked again.
+                if attempt >= self.retries:
+                    raise
+                self._sleep(self._backoff(attempt))
+                attempt += 1
+            finally:
+                resp.close()
         if body is None:
             raise ManifestError("manifest %s is larger than the 4 MiB limit" % name)
         for wanted, why in ((reference if by_digest else None, "the digest it was requested by"),

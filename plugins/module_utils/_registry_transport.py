@@ -285,14 +285,20 @@ class RegistryTransport:
                                       "than 1 MiB" % (self.registry, urlsplit(url).netloc))
         return resp.status_code, resp.headers, body
 
-    def _read_capped(self, resp, cap):
+    def _read_capped(self, resp, cap, what=None):
         """The body, or None if it is longer than ``cap`` (reading stops there)."""
         chunks, total = [], 0
-        for chunk in resp.iter_content(64 * 1024):
-            total += len(chunk)
-            if total > cap:
-                return None
-            chunks.append(chunk)
+        try:
+            for chunk in resp.iter_content(64 * 1024):
+                total += len(chunk)
+                if total > cap:
+                    return None
+                chunks.append(chunk)
+        except self._requests.exceptions.RequestException as exc:
+            raise RegistryUnreachable("cannot reach registry %s: %s while reading %s"
+                                      % (self.registry, transport_cause(exc),
+                                         what or "the answer from " + redact_url(resp.url or "")),
+                                      url=redact_url(resp.url or "")) from None
         return b"".join(chunks)
 
     def _request(self, method, url, scope=None, repository=None, headers=None, body=None,
@@ -339,8 +345,8 @@ class RegistryTransport:
         if method != "HEAD":
             try:
                 body = self._read_capped(resp, MAX_ERROR_BODY) or b""
-            except self._requests.exceptions.RequestException:
-                body = b""
+            except RegistryUnreachable:
+                body = b""      # the status alone still says what went wrong
         resp.close()
         detail = registry_error_text(body)
         what = what or "%s %s" % (method, redact_url(url))

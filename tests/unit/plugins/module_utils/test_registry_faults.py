@@ -440,3 +440,25 @@ def test_invalid_names_are_refused_before_any_request(fake):
     with pytest.raises(InvalidReference):
         client.open_blob("lib/app", "sha256:" + "A" * 64, 1)
     assert fake.seen(path_prefix="/v2/lib") == [] and fake.seen(path_prefix="/v2/..") == []
+
+
+def test_manifest_body_cut_off_is_fetched_again_then_gives_up(fake, store):
+    body, digest = store.add_manifest("lib/app", "v1", manifest_doc())
+    cuts = {"n": 0}
+
+    def handler(req):
+        if "/manifests/" in req.path and cuts["n"] < cuts.get("limit", 1):
+            cuts["n"] += 1
+            return Reply(200, {"Content-Type": OCI_MANIFEST}, body, truncate_at=10)
+        return store.serve(req)
+
+    fake.handler = handler
+    client = make_client(fake)
+    assert client.get_manifest("lib/app", "v1") == (body, OCI_MANIFEST, digest)
+    assert len(client.sleeps) == 1
+    cuts.update(n=0, limit=100)
+    client = make_client(fake, retries=2)
+    with pytest.raises(RegistryUnreachable) as err:
+        client.get_manifest("lib/app", "v1")
+    assert "while reading manifest %s/lib/app:v1" % fake.host in str(err.value)
+    assert cuts["n"] == 3
