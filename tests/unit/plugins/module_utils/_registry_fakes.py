@@ -20,6 +20,10 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
+from ansible_collections.intermodal.containers.plugins.module_utils._registry import RegistryClient
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
@@ -269,3 +273,28 @@ class TokenRealm:
         if need not in self.valid[token]:
             return self.challenge(need, error="insufficient_scope")
         return self.store.serve(req)
+
+
+# -- shared by the test modules (imported there, so pytest sees the fixtures) ----
+
+@pytest.fixture
+def fake():
+    server = FakeServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def store():
+    return Store()
+
+
+def make_client(fake, **kwargs):
+    """A client for ``fake`` that reads no real auth files and records its sleeps."""
+    kwargs.setdefault("environ", {"HOME": "/nonexistent-home", "PATH": "/usr/bin:/bin"})
+    client = RegistryClient(fake.host, **kwargs)
+    client.sleeps = []
+    client._sleep = client.sleeps.append
+    return client

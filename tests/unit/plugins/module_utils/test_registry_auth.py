@@ -18,7 +18,10 @@ import threading
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _registry_fakes import FakeServer, Reply, Store, TokenRealm, error_reply, sha256  # noqa: E402
+import _registry_fakes  # noqa: E402
+from _registry_fakes import (  # noqa: E402
+    FakeServer, Reply, Store, TokenRealm, error_reply, make_client, sha256,
+)
 
 from ansible_collections.intermodal.containers.plugins.module_utils._auth import (  # noqa: E402
     parse_www_authenticate,
@@ -28,34 +31,11 @@ from ansible_collections.intermodal.containers.plugins.module_utils._errors impo
     AuthenticationError,
     RegistryError,
 )
-from ansible_collections.intermodal.containers.plugins.module_utils._registry import (  # noqa: E402
-    RegistryClient,
-)
+fake = _registry_fakes.fake      # fixture: a FakeServer, stopped afterwards
+store = _registry_fakes.store    # fixture: normal registry behaviour for the fake
 
 PASSWORD = "hunter2-very-secret"
 BLOB = os.urandom(300 * 1024)
-
-
-@pytest.fixture
-def fake():
-    server = FakeServer()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def store():
-    return Store()
-
-
-def make_client(fake, **kwargs):
-    kwargs.setdefault("environ", {"HOME": "/nonexistent-home", "PATH": "/usr/bin:/bin"})
-    client = RegistryClient(fake.host, **kwargs)
-    client.sleeps = []
-    client._sleep = client.sleeps.append
-    return client
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _registry_fakes import FakeServer, Reply, Store, error_reply, sha256  # noqa: E402
+import _registry_fakes  # noqa: E402
+from _registry_fakes import FakeServer, Reply, Store, error_reply, make_client, sha256  # noqa: E402
 
 from ansible_collections.intermodal.containers.plugins.module_utils._errors import (  # noqa: E402
     DigestMismatch,
@@ -37,30 +38,11 @@ from ansible_collections.intermodal.containers.plugins.module_utils._registry_tr
     _retry_after,
 )
 
+fake = _registry_fakes.fake      # fixture: a FakeServer, stopped afterwards
+store = _registry_fakes.store    # fixture: normal registry behaviour for the fake
+
 OCI_MANIFEST = MANIFEST_MEDIA_TYPES[2]
 BLOB = bytes(range(256)) * 4096 * 3          # 3 MiB, several 1 MiB chunks
-
-
-@pytest.fixture
-def fake():
-    server = FakeServer()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def store():
-    return Store()
-
-
-def make_client(fake, **kwargs):
-    kwargs.setdefault("environ", {"HOME": "/nonexistent-home", "PATH": "/usr/bin:/bin"})
-    client = RegistryClient(fake.host, **kwargs)
-    client.sleeps = []
-    client._sleep = client.sleeps.append
-    return client
 
 
 def manifest_doc(config_digest="sha256:" + "a" * 64):
