@@ -41,9 +41,9 @@ def digest_of(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _start(auth):
+def _start(auth, **kwargs):
     base = tempfile.mkdtemp(prefix="intermodal-regclient-")
-    reg = Registry(os.path.join(base, "reg"), auth=auth)
+    reg = Registry(os.path.join(base, "reg"), auth=auth, **kwargs)
     try:
         reg.start()
         yield reg
@@ -221,76 +221,12 @@ def test_token_auth_with_identity_token(token_registry, tmp_path):
     assert posts and all(r["status"] == 200 for r in posts)
 
 
-# -- TLS: a real registry serving https with a self-signed certificate ------------
-
-def _self_signed(cert_path, key_path):
-    import datetime
-    import ipaddress
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intermodal-test-registry")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    with open(cert_path, "wb") as handle:
-        handle.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-
+# -- TLS: a real registry serving https with a certificate from a test CA ------------
 
 @pytest.fixture(scope="module")
 def tls_registry():
-    """docker-registry on https://127.0.0.1:<free port> with a self-signed cert."""
-    import signal
-    import subprocess
-    import time
-
-    from tests.lib.registry import REGISTRY_BIN, free_port
-
-    base = tempfile.mkdtemp(prefix="intermodal-regclient-tls-")
-    cert, key = os.path.join(base, "cert.pem"), os.path.join(base, "key.pem")
-    _self_signed(cert, key)
-    port = free_port()
-    config = os.path.join(base, "config.yml")
-    with open(config, "w") as handle:
-        handle.write("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
-                     "http:\n  addr: 127.0.0.1:%d\n  tls:\n    certificate: %s\n    key: %s\n"
-                     % (os.path.join(base, "storage"), port, cert, key))
-    log = open(os.path.join(base, "registry.log"), "wb")
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", config], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True,
-                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, "docker-registry exited: %s" % open(log.name).read()[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "docker-registry (tls) did not listen on %d" % port
-                time.sleep(0.1)
-        yield {"host": "127.0.0.1:%d" % port, "ca": cert}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        log.close()
-        shutil.rmtree(base, ignore_errors=True)
+    for reg in _start(None, tls=True):
+        yield {"host": reg.host, "ca": reg.ca_path}
 
 
 def test_tls_loopback_is_insecure_but_stays_on_https(tls_registry):
