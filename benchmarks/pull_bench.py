@@ -1,0 +1,574 @@
+#!/usr/bin/env python3
+"""Pull benchmark: intermodal.containers against podman, skopeo and the physical floors.
+
+Run as root from the repository root:
+
+    python benchmarks/pull_bench.py [--runs N] [--json out.json] [--workdir DIR]
+
+It starts its own docker-registry on 127.0.0.1, publishes the Debian test image
+(debootstrap minbase + a delta layer: 2 gzip layers) with the collection's own
+import/push code, then times, in one process and side by side:
+
+* ours cold   ImageService(fresh store).pull(ref), in-process, and the same
+              through the real module process (python plugins/modules/image.py)
+* ours warm   pull=always on a stored image: remote_digest + compare (the
+              registry access log must show exactly one HEAD)
+* podman      pull into fresh temp storage (overlay), then a second pull
+* skopeo      copy docker:// -> dir: (download, no unpack)
+* floors      sequential GETs with requests, gunzip+sha256 in-process,
+              GNU tar -x of the uncompressed layers (+ one sync)
+
+Timing is wall clock (time.perf_counter). The page cache cannot be dropped
+here (/proc/sys/vm/drop_caches is not writable), so "cold" means "not in the
+tool's store", with the registry's blobs in the page cache: the network is
+loopback, the disk is what it is. Each timed run is preceded by ``sync`` so
+dirty pages from the previous run are not flushed on its clock.
+
+This is a script, not a test: it asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLLECTIONS_DIR = os.path.join(REPO_ROOT, ".build", "collections")
+VENV_PYTHON = os.path.join(REPO_ROOT, ".venv", "bin", "python")
+
+
+def _reexec_in_venv():
+    """Use the project's venv when there is one (same rule as the README)."""
+    if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(
+            os.path.join(REPO_ROOT, ".venv")) and not os.environ.get("PULL_BENCH_NO_REEXEC"):
+        os.environ["PULL_BENCH_NO_REEXEC"] = "1"
+        os.execv(VENV_PYTHON, [VENV_PYTHON] + sys.argv)
+
+
+def _ensure_collection_path():
+    """As tests/conftest.py: .build/collections/ansible_collections/intermodal/containers -> repo."""
+    ns_dir = os.path.join(COLLECTIONS_DIR, "ansible_collections", "intermodal")
+    link = os.path.join(ns_dir, "containers")
+    os.makedirs(ns_dir, exist_ok=True)
+    if not os.path.islink(link):
+        try:
+            os.symlink(REPO_ROOT, link)
+        except FileExistsError:
+            pass
+    for path in (COLLECTIONS_DIR, REPO_ROOT):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+_reexec_in_venv()
+_ensure_collection_path()
+
+# pylint: disable=wrong-import-position
+from ansible_collections.intermodal.containers.plugins.module_utils import _streams  # noqa: E402
+from ansible_collections.intermodal.containers.plugins.module_utils._image_import import (  # noqa: E402
+    apply_import,
+    plan_import,
+)
+from ansible_collections.intermodal.containers.plugins.module_utils._images import ImageService  # noqa: E402
+from ansible_collections.intermodal.containers.plugins.module_utils._manifest import chain_ids  # noqa: E402
+from ansible_collections.intermodal.containers.plugins.module_utils._reference import parse_reference  # noqa: E402
+from tests.lib.registry import Registry  # noqa: E402
+from tests.lib.rootfs import build_debian_delta_layer, build_debian_minbase  # noqa: E402
+
+BASE_NAME = "debian/minbase:bookworm"
+TOP_NAME = "debian/delta:1"
+BASE_CONFIG = {"cmd": ["/bin/bash"], "env": {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}}
+MODULE = os.path.join(REPO_ROOT, "plugins", "modules", "image.py")
+
+
+# ---- helpers ----------------------------------------------------------------
+
+def log(msg):
+    print("[pull-bench] " + msg, file=sys.stderr, flush=True)
+
+
+def sync():
+    os.sync()
+
+
+def timed(fn):
+    """Wall seconds of fn() after a sync, and its result."""
+    sync()
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def run(cmd, env=None, check=True):
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError("%s failed (%d):\n%s" % (" ".join(cmd), proc.returncode,
+                                                    (proc.stdout + proc.stderr)[-3000:]))
+    return proc
+
+
+def mounts_under(path):
+    path = os.path.realpath(path)
+    found = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            mnt = line.split()[4].encode().decode("unicode_escape")
+            if mnt == path or mnt.startswith(path + "/"):
+                found.append(mnt)
+    return found
+
+
+def unmount_all_under(path):
+    """podman's overlay driver bind-mounts its graphroot/overlay onto itself: undo that first."""
+    for mnt in sorted(mounts_under(path), key=len, reverse=True):
+        if subprocess.run(["umount", mnt], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+    left = mounts_under(path)
+    if left:
+        raise RuntimeError("could not unmount %s; not deleting %s" % (left, path))
+
+
+def remove(path):
+    if os.path.lexists(path):
+        unmount_all_under(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def stats(values):
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": [round(v, 4) for v in values]}
+
+
+# ---- the image ----------------------------------------------------------------
+
+def publish(store_root, name, tar, base=None, config=None):
+    """Import ``tar`` (on ``base``) and push it with the collection's core (fixtures_images.publish)."""
+    service = ImageService(store_root)
+    try:
+        ref = parse_reference(name)
+        base_info = None
+        if base is not None:
+            record = service.record(parse_reference(base))
+            base_info = (record, service.manifest_of(record), service.config_of(record))
+        plan = plan_import(tar, config, None, base=base_info)
+        record = apply_import(service, ref, plan)
+        service.push(ref, record)
+        return record
+    finally:
+        service.close()
+
+
+def publish_image(work, registry):
+    minbase = build_debian_minbase()
+    delta = build_debian_delta_layer(os.path.join(work, "delta.tar"))
+    publisher = os.path.join(work, "publisher")
+    base = registry.host + "/" + BASE_NAME
+    top = registry.host + "/" + TOP_NAME
+    publish(publisher, base, minbase, config=BASE_CONFIG)
+    publish(publisher, top, delta, base=base)
+    return top
+
+
+def describe_image(store_root, ref):
+    """Sizes and file count of the pulled image, read from our own store."""
+    service = ImageService(store_root)
+    try:
+        record = service.record(ref)
+        manifest = service.manifest_of(record)
+        config = service.config_of(record)
+        layers = []
+        for desc, chain in zip(manifest.layers, chain_ids(config.diff_ids)):
+            info = service.layers.info(chain)
+            layers.append({"digest": desc.digest, "size": desc.size, "media_type": desc.media_type,
+                           "entries": info.get("entries"), "file_bytes": info.get("size")})
+        return {"manifest_digest": record["manifest_digest"], "config": manifest.config.digest,
+                "config_size": manifest.config.size, "layers": layers,
+                "compressed": sum(layer["size"] for layer in layers),
+                "entries": sum(layer["entries"] or 0 for layer in layers)}
+    finally:
+        service.close()
+
+
+# ---- ours -----------------------------------------------------------------------
+
+def ours_pull(store, ref_text):
+    def go():
+        service = ImageService(store)
+        try:
+            return service.pull(parse_reference(ref_text))
+        finally:
+            service.close()
+    return timed(go)
+
+
+def ours_warm(store, ref_text, registry):
+    """pull=always on a present image: one HEAD, compare, nothing else."""
+    ref = parse_reference(ref_text)
+    registry.clear_log()
+
+    def go():
+        service = ImageService(store)
+        try:
+            record = service.record(ref)
+            remote = service.remote_digest(ref)
+            return remote == record["digest"] and service.is_complete(record)
+        finally:
+            service.close()
+    seconds, up_to_date = timed(go)
+    requests_seen = registry.requests_log()
+    return seconds, up_to_date, requests_seen
+
+
+def module_run(work, store, ref_text, pull="missing"):
+    """The real module process: python plugins/modules/image.py args.json."""
+    args = os.path.join(work, "module-args.json")
+    with open(args, "w") as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": {"name": ref_text, "store_root": store, "pull": pull}}, handle)
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS_DIR)
+
+    def go():
+        return subprocess.run([sys.executable, MODULE, args], env=env, capture_output=True, text=True)
+    seconds, proc = timed(go)
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        raise RuntimeError("module printed no JSON (rc %d):\n%s%s" % (proc.returncode, proc.stdout[-2000:],
+                                                                       proc.stderr[-2000:]))
+    if result.get("failed"):
+        raise RuntimeError("module failed: %s" % result.get("msg"))
+    return seconds, result
+
+
+# ---- podman and skopeo ------------------------------------------------------------
+
+class Podman:
+    """podman with its own storage, config and registries in a temp dir (test-hosts.md)."""
+
+    def __init__(self, work, registry_host):
+        self.work = work
+        self.conf_dir = os.path.join(work, "podman-conf")
+        os.makedirs(self.conf_dir, exist_ok=True)
+        self.registries = os.path.join(self.conf_dir, "registries.conf")
+        with open(self.registries, "w") as handle:
+            handle.write('unqualified-search-registries = []\n\n[[registry]]\nlocation = "%s"\ninsecure = true\n'
+                         % registry_host)
+        self.containers_conf = os.path.join(self.conf_dir, "containers.conf")
+        with open(self.containers_conf, "w") as handle:
+            handle.write('[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
+                         '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
+
+    def env(self, root):
+        storage_conf = os.path.join(root, "storage.conf")
+        with open(storage_conf, "w") as handle:
+            handle.write('[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"\n'
+                         % (os.path.join(root, "graph"), os.path.join(root, "run")))
+        auth_file = os.path.join(root, "auth.json")
+        with open(auth_file, "w") as handle:
+            handle.write('{"auths": {}}\n')
+        return dict(os.environ, CONTAINERS_STORAGE_CONF=storage_conf, CONTAINERS_CONF=self.containers_conf,
+                    CONTAINERS_REGISTRIES_CONF=self.registries, REGISTRY_AUTH_FILE=auth_file)
+
+    def cmd(self, root, *args):
+        return ["podman", "--root", os.path.join(root, "graph"), "--runroot", os.path.join(root, "run"),
+                "--storage-driver", "overlay", "--cgroup-manager=cgroupfs", "--events-backend=file"] + list(args)
+
+    def prepare(self, root):
+        """Initialise the storage (overlay feature probes) untimed, as on a host that has used podman."""
+        os.makedirs(root, exist_ok=True)
+        env = self.env(root)
+        run(self.cmd(root, "images"), env=env)
+        return env
+
+    def pull(self, root, env, ref_text):
+        return timed(lambda: run(self.cmd(root, "pull", "--quiet", "--tls-verify=false", ref_text), env=env))[0]
+
+
+def skopeo_copy(dest, ref_text, registries):
+    env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=registries)
+    return timed(lambda: run(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                              "docker://" + ref_text, "dir:" + dest], env=env))[0]
+
+
+# ---- physical floors ---------------------------------------------------------------
+
+def floor_download(registry, image):
+    """Sequential plain GETs of config + layer blobs over loopback; returns (seconds, blobs)."""
+    import requests  # pylint: disable=import-outside-toplevel
+
+    repo = TOP_NAME.split(":", 1)[0]
+    digests = [image["config"]] + [layer["digest"] for layer in image["layers"]]
+    blobs = {}
+
+    def go():
+        with requests.Session() as session:
+            session.trust_env = False
+            for digest in digests:
+                parts = []
+                with session.get("%s/v2/%s/blobs/%s" % (registry.url, repo, digest), stream=True) as resp:
+                    resp.raise_for_status()
+                    for chunk in resp.iter_content(1024 * 1024):
+                        parts.append(chunk)
+                blobs[digest] = b"".join(parts)
+    seconds = timed(go)[0]
+    return seconds, blobs
+
+
+def floor_decompress(blobs, image, out_dir):
+    """sha256 of each compressed layer, gunzip, sha256 of the output (the diff_id): one core, in memory."""
+    zmod = _streams._zlib_module()[0]  # pylint: disable=protected-access
+    parts = {"sha256_compressed": 0.0, "gunzip": 0.0, "sha256_uncompressed": 0.0}
+    tars = []
+    uncompressed = 0
+    for i, layer in enumerate(image["layers"]):
+        data = blobs[layer["digest"]]
+        start = time.perf_counter()
+        hashlib.sha256(data).hexdigest()
+        parts["sha256_compressed"] += time.perf_counter() - start
+        start = time.perf_counter()
+        out = []
+        obj = zmod.decompressobj(31)
+        view = memoryview(data)
+        for offset in range(0, len(data), 1024 * 1024):
+            out.append(obj.decompress(view[offset:offset + 1024 * 1024]))
+        raw = b"".join(out)
+        parts["gunzip"] += time.perf_counter() - start
+        start = time.perf_counter()
+        hashlib.sha256(raw).hexdigest()
+        parts["sha256_uncompressed"] += time.perf_counter() - start
+        uncompressed += len(raw)
+        path = os.path.join(out_dir, "layer%d.tar" % i)
+        with open(path, "wb") as handle:
+            handle.write(raw)
+        tars.append(path)
+    parts["total"] = sum(parts.values())
+    return parts, tars, uncompressed
+
+
+def floor_tar_extract(tars, dest_root):
+    """GNU tar -x of each uncompressed layer into its own dir, then one sync; returns (tar, sync) seconds."""
+    os.makedirs(dest_root, exist_ok=True)
+
+    def go():
+        for i, tar in enumerate(tars):
+            dest = os.path.join(dest_root, "l%d" % i)
+            os.mkdir(dest)
+            run(["tar", "-x", "--numeric-owner", "-p", "--xattrs", "-f", tar, "-C", dest])
+    extract = timed(go)[0]
+    start = time.perf_counter()
+    sync()
+    flushed = time.perf_counter() - start
+    return extract, flushed
+
+
+# ---- report ----------------------------------------------------------------------
+
+def machine_facts(work):
+    disk = run(["df", "--output=source,fstype", work], check=False).stdout.splitlines()[-1:]
+    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "gzip_backend": _streams.gzip_backend(), "workdir_fs": " ".join(disk[0].split()) if disk else "?",
+            "podman": run(["podman", "--version"], check=False).stdout.strip(),
+            "skopeo": run(["skopeo", "--version"], check=False).stdout.strip(),
+            "tar": run(["tar", "--version"], check=False).stdout.splitlines()[0]}
+
+
+def fmt(entry):
+    if entry is None:
+        return "%8s %8s" % ("-", "-")
+    return "%8.3f %8.3f" % (entry["median"], entry["min"])
+
+
+def print_report(res):
+    m, img = res["machine"], res["image"]
+    print()
+    print("machine: %d CPUs, kernel %s, Python %s, gzip backend %s, workdir on %s"
+          % (m["cpus"], m["kernel"], m["python"], m["gzip_backend"], m["workdir_fs"]))
+    print("tools:   %s; %s; %s" % (m["podman"], m["skopeo"], m["tar"]))
+    print("image:   %s, %d layers, %.1f MiB compressed, %.1f MiB uncompressed tar, %d tar entries"
+          % (res["ref"], len(img["layers"]), img["compressed"] / 2 ** 20,
+             img["uncompressed"] / 2 ** 20, img["entries"]))
+    print("runs:    %d each (median / min seconds), stores on --fs %s; page cache not dropped (not permitted here)"
+          % (res["runs"], res["fs"]))
+    print()
+    print("%-42s %8s %8s" % ("tool", "median", "min"))
+    for key, label in (("ours_cold", "ours cold (ImageService.pull, in-process)"),
+                       ("ours_module_cold", "ours cold (module process)"),
+                       ("ours_module_noop", "ours module no-op (start-up, present)"),
+                       ("ours_warm", "ours warm (pull=always: HEAD + compare)"),
+                       ("ours_module_warm", "ours warm (module process, pull=always)"),
+                       ("podman_cold", "podman pull cold"),
+                       ("podman_warm", "podman pull warm (second pull)"),
+                       ("skopeo_cold", "skopeo copy -> dir: (no unpack)")):
+        print("%-42s %s" % (label, fmt(res["timings"].get(key))))
+    fl = res["floors"]
+    print()
+    print("physical floors (median of runs):")
+    print("  (a) GET all blobs, requests, sequential  %7.3f s" % fl["download"]["median"])
+    print("  (b) sha256 + gunzip + sha256 in-process  %7.3f s  (sha256 gz %.3f, gunzip %.3f, sha256 tar %.3f)"
+          % (fl["decompress"]["median"], fl["decompress_parts"]["sha256_compressed"],
+             fl["decompress_parts"]["gunzip"], fl["decompress_parts"]["sha256_uncompressed"]))
+    print("  (c) GNU tar -x of the layer tars         %7.3f s  (+ sync %.3f s)"
+          % (fl["tar_extract"]["median"], fl["tar_sync"]["median"]))
+    print("  sum (a)+(b)+(c)+sync                     %7.3f s" % fl["sum"])
+    print()
+    for key, value in res["ratios"].items():
+        print("%-40s %6.2f" % (key, value))
+    warm = res["warm_requests"]
+    print()
+    print("ours warm registry requests: %d (%s) -> %s"
+          % (len(warm), ", ".join("%s %s" % (r["method"], r["path"]) for r in warm),
+             "OK: exactly one HEAD" if [r["method"] for r in warm] == ["HEAD"] else "UNEXPECTED"))
+
+
+def ratios(timings, floors):
+    def med(key):
+        entry = timings.get(key)
+        return entry["median"] if entry else None
+    out = {}
+    pairs = (("ours/podman cold (target <= 0.80)", "ours_cold", "podman_cold"),
+             ("ours module/podman cold", "ours_module_cold", "podman_cold"),
+             ("ours/skopeo cold", "ours_cold", "skopeo_cold"),
+             ("ours warm/podman warm", "ours_warm", "podman_warm"),
+             ("ours module warm/podman warm", "ours_module_warm", "podman_warm"))
+    for label, ours, theirs in pairs:
+        if med(ours) and med(theirs):
+            out[label] = med(ours) / med(theirs)
+    if med("ours_cold"):
+        out["ours cold / sum of floors"] = med("ours_cold") / floors["sum"]
+    return out
+
+
+# ---- main ------------------------------------------------------------------------
+
+def bench(args, work, base):
+    registry = Registry(os.path.join(work, "registry"))
+    registry.start()
+    try:
+        log("registry on %s; publishing the Debian test image" % registry.host)
+        ref_text = publish_image(work, registry)
+        timings = {key: [] for key in ("ours_cold", "ours_module_cold", "ours_module_noop", "ours_warm",
+                                       "ours_module_warm", "podman_cold", "podman_warm", "skopeo_cold")}
+        floors = {"download": [], "decompress": [], "tar_extract": [], "tar_sync": []}
+        warm_requests = None
+        image = None
+        podman = Podman(work, registry.host)
+        decompress_parts = None
+        # Nothing is deleted before the end: on an ext4 without a journal (this machine's root fs)
+        # every new inode scans the recently deleted ones, so deleting a tree slows the next run.
+        for i in range(args.runs):
+            log("run %d/%d: ours" % (i + 1, args.runs))
+            store = os.path.join(base, "ours-%d" % i)
+            seconds, _ = ours_pull(store, ref_text)
+            timings["ours_cold"].append(seconds)
+            if image is None:
+                image = describe_image(store, parse_reference(ref_text))
+            seconds, up_to_date, seen = ours_warm(store, ref_text, registry)
+            if not up_to_date:
+                raise RuntimeError("warm check says the stored image is out of date")
+            timings["ours_warm"].append(seconds)
+            warm_requests = seen
+
+            store = os.path.join(base, "ours-module-%d" % i)
+            timings["ours_module_cold"].append(module_run(work, store, ref_text)[0])
+            timings["ours_module_noop"].append(module_run(work, store, ref_text)[0])
+            seconds, result = module_run(work, store, ref_text, pull="always")
+            if result.get("changed"):
+                raise RuntimeError("pull=always on an unchanged image reported a change")
+            timings["ours_module_warm"].append(seconds)
+
+            log("run %d/%d: podman" % (i + 1, args.runs))
+            root = os.path.join(base, "podman-%d" % i)
+            env = podman.prepare(root)
+            timings["podman_cold"].append(podman.pull(root, env, ref_text))
+            timings["podman_warm"].append(podman.pull(root, env, ref_text))
+
+            log("run %d/%d: skopeo" % (i + 1, args.runs))
+            dest = os.path.join(base, "skopeo-%d" % i)
+            timings["skopeo_cold"].append(skopeo_copy(dest, ref_text, podman.registries))
+
+            log("run %d/%d: physical floors" % (i + 1, args.runs))
+            seconds, blobs = floor_download(registry, image)
+            floors["download"].append(seconds)
+            tar_dir = os.path.join(base, "floor-tars-%d" % i)
+            os.makedirs(tar_dir, exist_ok=True)
+            parts, tars, uncompressed = floor_decompress(blobs, image, tar_dir)
+            del blobs
+            floors["decompress"].append(parts["total"])
+            if decompress_parts is None or parts["total"] < decompress_parts["total"]:
+                decompress_parts = parts
+            image["uncompressed"] = uncompressed
+            extract, flushed = floor_tar_extract(tars, os.path.join(base, "floor-x-%d" % i))
+            floors["tar_extract"].append(extract)
+            floors["tar_sync"].append(flushed)
+    finally:
+        registry.stop()
+
+    timings = {key: stats(values) for key, values in timings.items()}
+    floor_stats = {key: stats(values) for key, values in floors.items()}
+    floor_stats["decompress_parts"] = decompress_parts
+    floor_stats["sum"] = sum(floor_stats[k]["median"] for k in ("download", "decompress", "tar_extract", "tar_sync"))
+    return {"ref": ref_text, "runs": args.runs, "fs": args.fs, "machine": machine_facts(base), "image": image,
+            "timings": timings, "floors": floor_stats, "ratios": ratios(timings, floor_stats),
+            "warm_requests": warm_requests}
+
+
+def make_base(work, kind):
+    """Where stores, storage and floors live: the workdir's own fs, a fresh ext4 loop image, or tmpfs."""
+    if kind == "disk":
+        return work
+    base = os.path.join(work, "mnt")
+    os.mkdir(base)
+    if kind == "tmpfs":
+        run(["mount", "-t", "tmpfs", "-o", "size=16g,mode=0700", "pull-bench", base])
+        return base
+    image = os.path.join(work, "ext4.img")
+    with open(image, "wb") as handle:
+        handle.truncate(16 * 1024 ** 3)
+    # A journal, as on real hosts (and unlike this machine's root fs, see docs/performance.md).
+    run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", image])
+    run(["mount", "-o", "loop", image, base])
+    return base
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per tool (default 3)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--workdir", default="/var/tmp",
+                        help="parent of the temp dir for stores and storage (default /var/tmp, on disk)")
+    parser.add_argument("--fs", choices=("disk", "loop", "tmpfs"), default="disk",
+                        help="filesystem for the stores: the workdir's own (disk, default), a fresh "
+                             "journaled ext4 on a loop device (loop), or tmpfs (CPU cost only)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("run as root (layers hold root-owned files and whiteout devices; podman needs it)")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    for tool in ("podman", "skopeo", "tar"):
+        if shutil.which(tool) is None:
+            parser.error("%s is not installed" % tool)
+    work = tempfile.mkdtemp(prefix="pull-bench-", dir=args.workdir)
+    try:
+        base = make_base(work, args.fs)
+        res = bench(args, work, base)
+    finally:
+        remove(work)
+    print_report(res)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(res, handle, indent=2, sort_keys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
