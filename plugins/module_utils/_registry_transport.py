@@ -16,6 +16,8 @@ honouring Retry-After; an exchange whose body cannot be replayed is tried once.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import threading
 import time
 import warnings
@@ -238,8 +240,30 @@ class RegistryTransport:
         return "%s://%s" % (self._scheme, self.host)
 
     def _probe_scheme(self):
-        # Insecure registries: try https without verification, then plain http
-        # (moby's order); the first HTTP answer of any status decides.
+        # Insecure registries: https if a TLS handshake succeeds (verification
+        # off), else plain http - moby's order. A bare handshake is not an HTTP
+        # request, so a warm pull stays exactly one HEAD in the registry's log.
+        parts = urlsplit("//" + self.host)
+        try:
+            sock = socket.create_connection((parts.hostname, parts.port or 443), timeout=self.timeout)
+        except OSError:
+            sock = None
+        if sock is None:
+            return self._probe_scheme_by_request()
+        try:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            with context.wrap_socket(sock, server_hostname=parts.hostname):
+                return "https"
+        except (ssl.SSLError, OSError):
+            return "http"
+        finally:
+            sock.close()
+
+    def _probe_scheme_by_request(self):
+        # No TLS port answered: let real requests decide, with their retries
+        # and their error messages.
         try:
             self._exchange("GET", "https://%s/v2/" % self.host, retries=0, retry_statuses=False).close()
             return "https"
