@@ -371,6 +371,91 @@ def floor_tar_extract(tars, dest_root):
     return extract, flushed
 
 
+# ---- profile (py-spy) ------------------------------------------------------------
+
+# First match walking from the sampled frame towards the thread's root decides the bucket.
+PROFILE_BUCKETS = (
+    ("syncfs", "syncfs before the layer rename"),
+    ("BlobIngest.commit", "fsync + rename of the blob"),
+    ("_GzipDecoder.decode", "gunzip"),
+    ("DecompressingReader._emit", "sha256 of the tar (diff_id)"),
+    ("BlobIngest.write", "blob copy: write + sha256"),
+    ("BlobReader._next_chunk", "receive + sha256 (BlobReader)"),
+    ("BlobReader.read", "receive + sha256 (BlobReader)"),
+    ("HashingReader.read", "sha256 of the blob (HashingReader)"),
+    ("_FileInFile.readinto", "tar: copy file data out of the stream"),
+    ("TarFile.next", "tar: header parsing"),
+    ("TarFile.open", "tar: header parsing"),
+    ("_set_fd_metadata", "files: chown/chmod/xattrs"),
+    ("_open_parent", "files: resolve parent (openat2)"),
+    ("_remove_existing", "files: lstat before create"),
+    ("_Applier._regular", "files: create + write"),
+    ("_Applier._directory", "files: mkdir"),
+    ("_Applier._symlink", "files: symlink"),
+    ("_Applier._hardlink", "files: hardlink"),
+    ("_Applier._whiteout", "files: whiteouts"),
+    ("_Applier._set_dir_times", "files: directory times"),
+    ("_Applier._entry", "files: other"),
+    ("inherit_parent_metadata", "implied directories"),
+    ("RegistryClient.resolve", "HEAD, manifest, config, scheme probe"),
+    ("RegistryClient.get_manifest", "HEAD, manifest, config, scheme probe"),
+    ("ImageService._fetch_small_blob", "HEAD, manifest, config, scheme probe"),
+)
+
+
+def _bucket(names):
+    if names and names[-1] in ("Condition.wait", "Event.wait", "Thread.join"):
+        if "DecompressingReader.read" in names:
+            return "wait for decompressed data"
+        if "ImageService._layer_job" in names:
+            return "wait for the parent layer"
+        return "wait for the layer threads"
+    for fn in reversed(names):
+        for frame, bucket in PROFILE_BUCKETS:
+            if frame == fn:
+                return bucket
+    return "other"
+
+
+def profile_pull(base, ref_text, rate=250):
+    """One more cold pull under ``py-spy record --threads --idle``; seconds per thread and bucket."""
+    raw = os.path.join(base, "profile.raw")
+    store = os.path.join(base, "ours-profiled")
+    spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "-o", raw, "--format", "raw",
+                            "--threads", "--idle", "--nonblocking", "-r", str(rate)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)  # py-spy attaches asynchronously
+        seconds, _ = ours_pull(store, ref_text)
+        time.sleep(0.3)
+    finally:
+        spy.send_signal(2)
+        spy.wait(timeout=30)
+    threads = {}
+    with open(raw) as handle:
+        for line in handle:
+            stack, _, count = line.rstrip().rpartition(" ")
+            frames = stack.partition(": ")[2].split(";")
+            name = frames[0].rstrip("0123456789").rstrip("_") or frames[0]
+            names = [frame.split(" (")[0] for frame in frames[1:]]
+            if "ours_pull.<locals>.go" not in names and name == "MainThread":
+                continue  # the sleeps around the pull
+            bucket = _bucket(names)
+            per = threads.setdefault(name, {})
+            per[bucket] = per.get(bucket, 0.0) + int(count) / float(rate)
+    return {"seconds": seconds, "threads": threads}
+
+
+def print_profile(prof):
+    print()
+    print("profile of one more cold pull (%.3f s wall; py-spy, seconds sampled per thread):" % prof["seconds"])
+    for name, buckets in sorted(prof["threads"].items()):
+        print("  thread %s (%.3f s sampled)" % (name, sum(buckets.values())))
+        for bucket, secs in sorted(buckets.items(), key=lambda kv: -kv[1]):
+            if secs >= 0.005:
+                print("    %7.3f  %s" % (secs, bucket))
+
+
 # ---- report ----------------------------------------------------------------------
 
 def machine_facts(work):
@@ -420,6 +505,11 @@ def print_report(res):
     print("  (c) GNU tar -x of the layer tars         %7.3f s  (+ sync %.3f s)"
           % (fl["tar_extract"]["median"], fl["tar_sync"]["median"]))
     print("  sum (a)+(b)+(c)+sync                     %7.3f s" % fl["sum"])
+    per_inode = fl["tar_extract"]["median"] / max(1, img["entries"]) * 1e6
+    print("  GNU tar: %.0f us per tar entry" % per_inode)
+    if per_inode > 300:
+        print("  WARNING: creating files is very slow on this filesystem (journal-less ext4 scans recently\n"
+              "  deleted inodes for every new one); every tool below pays it; try --fs loop")
     print()
     for key, value in res["ratios"].items():
         print("%-40s %6.2f" % (key, value))
@@ -428,6 +518,8 @@ def print_report(res):
     print("ours warm registry requests: %d (%s) -> %s"
           % (len(warm), ", ".join("%s %s" % (r["method"], r["path"]) for r in warm),
              "OK: exactly one HEAD" if [r["method"] for r in warm] == ["HEAD"] else "UNEXPECTED"))
+    if res.get("profile"):
+        print_profile(res["profile"])
 
 
 def ratios(timings, floors):
@@ -451,11 +543,11 @@ def ratios(timings, floors):
 # ---- main ------------------------------------------------------------------------
 
 def bench(args, work, base):
-    registry = Registry(os.path.join(work, "registry"))
+    registry = Registry(os.path.join(base, "registry"))
     registry.start()
     try:
         log("registry on %s; publishing the Debian test image" % registry.host)
-        ref_text = publish_image(work, registry)
+        ref_text = publish_image(base, registry)
         timings = {key: [] for key in ("ours_cold", "ours_module_cold", "ours_module_noop", "ours_warm",
                                        "ours_module_warm", "podman_cold", "podman_warm", "skopeo_cold")}
         floors = {"download": [], "decompress": [], "tar_extract": [], "tar_sync": []}
@@ -510,6 +602,7 @@ def bench(args, work, base):
             extract, flushed = floor_tar_extract(tars, os.path.join(base, "floor-x-%d" % i))
             floors["tar_extract"].append(extract)
             floors["tar_sync"].append(flushed)
+        profile = profile_pull(base, ref_text) if args.profile else None
     finally:
         registry.stop()
 
@@ -519,10 +612,10 @@ def bench(args, work, base):
     floor_stats["sum"] = sum(floor_stats[k]["median"] for k in ("download", "decompress", "tar_extract", "tar_sync"))
     return {"ref": ref_text, "runs": args.runs, "fs": args.fs, "machine": machine_facts(base), "image": image,
             "timings": timings, "floors": floor_stats, "ratios": ratios(timings, floor_stats),
-            "warm_requests": warm_requests}
+            "warm_requests": warm_requests, "profile": profile}
 
 
-def make_base(work, kind):
+def make_base(work, kind, runs):
     """Where stores, storage and floors live: the workdir's own fs, a fresh ext4 loop image, or tmpfs."""
     if kind == "disk":
         return work
@@ -533,7 +626,7 @@ def make_base(work, kind):
         return base
     image = os.path.join(work, "ext4.img")
     with open(image, "wb") as handle:
-        handle.truncate(16 * 1024 ** 3)
+        handle.truncate((2 + runs) * 1024 ** 3)  # about 0.8 GiB per run; sparse
     # A journal, as on real hosts (and unlike this machine's root fs, see docs/performance.md).
     run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", image])
     run(["mount", "-o", "loop", image, base])
@@ -546,20 +639,23 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--workdir", default="/var/tmp",
                         help="parent of the temp dir for stores and storage (default /var/tmp, on disk)")
-    parser.add_argument("--fs", choices=("disk", "loop", "tmpfs"), default="disk",
-                        help="filesystem for the stores: the workdir's own (disk, default), a fresh "
-                             "journaled ext4 on a loop device (loop), or tmpfs (CPU cost only)")
+    parser.add_argument("--fs", choices=("loop", "disk", "tmpfs"), default="loop",
+                        help="filesystem for registry, stores and storage: a fresh journaled ext4 on a loop "
+                             "device in the workdir (loop, default), the workdir's own (disk), or tmpfs")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the runs, profile one more cold pull of ours with py-spy and print "
+                             "where the time goes")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root (layers hold root-owned files and whiteout devices; podman needs it)")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    for tool in ("podman", "skopeo", "tar"):
+    for tool in ("podman", "skopeo", "tar") + (("py-spy",) if args.profile else ()):
         if shutil.which(tool) is None:
             parser.error("%s is not installed" % tool)
     work = tempfile.mkdtemp(prefix="pull-bench-", dir=args.workdir)
     try:
-        base = make_base(work, args.fs)
+        base = make_base(work, args.fs, args.runs)
         res = bench(args, work, base)
     finally:
         remove(work)
