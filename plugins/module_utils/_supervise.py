@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,7 +96,7 @@ def monitor_sources(with_runtime=True):
     return {name + ".py": text for name, text in sources.items()}
 
 
-def install_monitor(store_root, with_runtime=True):
+def install_monitor(store_root, with_runtime=True, python=None):
     """Copy the monitor's code to <store>/libexec/<hash>/; returns that root (idempotent)."""
     sources = monitor_sources(with_runtime)
     digest = hashlib.sha256()
@@ -103,8 +104,13 @@ def install_monitor(store_root, with_runtime=True):
         digest.update(name.encode() + b"\0" + sources[name].encode("utf-8") + b"\0")
     base = os.path.join(os.path.abspath(store_root), "libexec")
     root = os.path.join(base, digest.hexdigest()[:16])
-    if os.path.isdir(root):
-        return root
+    if not os.path.isdir(root):
+        _write_tree(base, root, sources)
+    _compile(root, python or python_interpreter())
+    return root
+
+
+def _write_tree(base, root, sources):
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
     try:
@@ -124,8 +130,28 @@ def install_monitor(store_root, with_runtime=True):
     return root
 
 
-def monitor_script(libexec_root):
-    return os.path.join(libexec_root, *MU.split(".")) + os.sep + "_monitor.py"
+def _compile(root, python):
+    """Write the pyc files with the monitor's own interpreter, once per interpreter.
+
+    A monitor that compiles its code at start keeps ~1.6 MiB more RSS for life.
+    """
+    marker = os.path.join(root, ".compiled-" + hashlib.sha256(python.encode()).hexdigest()[:12])
+    if os.path.exists(marker):
+        return
+    pkg = os.path.join(root, *MU.split("."))
+    proc = subprocess.run([python, "-S", "-m", "compileall", "-q", pkg], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, check=False, timeout=120)
+    if proc.returncode != 0:
+        raise SupervisorError("cannot compile the monitor's code with %s: %s"
+                              % (python, proc.stdout.decode("utf-8", "replace").strip()))
+    open(marker, "w").close()
+
+
+def monitor_argv(python, container_dir):
+    """The monitor's command line. `-c import` rather than a script path or -m:
+    imported modules load from the pyc written at install (compiling _monitor
+    at every start costs ~1.6 MiB RSS that never comes back, runpy ~1 MiB)."""
+    return [python, "-S", "-c", "import sys; from %s._monitor import main; sys.exit(main())" % MU, container_dir]
 
 
 def python_interpreter():
@@ -294,9 +320,9 @@ class MonitorSupervisor(Supervisor):
                 os.unlink(os.path.join(paths.dir, stale))
             except FileNotFoundError:
                 pass
-        root = install_monitor(self.store_root, with_runtime=launch["runtime"] is not None)
+        root = install_monitor(self.store_root, with_runtime=launch["runtime"] is not None, python=self.python)
         menv = {"PATH": launch["env"]["PATH"], "PYTHONPATH": root, "LANG": "C.UTF-8"}
-        pid = spawn_detached([self.python, "-S", monitor_script(root), paths.dir], menv,
+        pid = spawn_detached(monitor_argv(self.python, paths.dir), menv,
                              os.path.join(paths.logs_dir, MONITOR_LOG))
         deadline = time.monotonic() + START_WAIT
         while time.monotonic() < deadline:
