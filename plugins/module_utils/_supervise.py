@@ -327,7 +327,9 @@ class MonitorSupervisor(Supervisor):
         deadline = time.monotonic() + START_WAIT
         while time.monotonic() < deadline:
             state = read_json(os.path.join(paths.dir, STATUS_FILE)) or {}
-            if state.get("monitor_pid") == pid and state.get("status") != "created":
+            # Wait for the container's pid too (the runtime writes its pid
+            # file a moment after it starts), or for an early exit.
+            if state.get("monitor_pid") == pid and (state.get("pid") or state.get("status") in ("exited", "restarting")):
                 return self.status(paths)
             if not process_alive(pid):
                 state = read_json(os.path.join(paths.dir, STATUS_FILE)) or {}
