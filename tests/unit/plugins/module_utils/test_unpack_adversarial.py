@@ -31,11 +31,6 @@ from ansible_collections.intermodal.containers.plugins.module_utils._unpack impo
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ownership, whiteout devices, trusted xattrs)")
 MIB = 1024 * 1024
 
-def known_defect(reason):
-    """A defect of the committed _unpack.py (c95fc49); remove the mark with the fix (strict: an XPASS fails)."""
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 
 class Area(object):
     def __init__(self, tmp_path):
@@ -395,7 +390,6 @@ def test_huge_file_is_refused_before_its_data_is_read(area):
 
 
 @pytest.mark.parametrize("name", ["d/.wh.x", "d/.wh..wh.plnk"])
-@known_defect('data behind whiteout markers is read without any byte limit')
 def test_data_behind_whiteout_markers_counts_against_limits(area, name):
     """Marker data is never written, but reading 4 GiB of it is still a bomb."""
     prefix = header(name, b"0", size=4 * 1024 ** 3)
@@ -427,7 +421,6 @@ def test_huge_extended_header_is_refused_without_reading_it(area, typeflag):
     assert stream.read_bytes < 8 * MIB
 
 
-@known_defect('tarfile recurses per extended header: RecursionError, per-header cap')
 def test_chained_extended_headers_share_one_budget(area):
     """300 PAX headers of 8 KiB each before one entry: the cap is per entry, not per header."""
     tar = Tar()
@@ -439,7 +432,6 @@ def test_chained_extended_headers_share_one_budget(area):
 
 
 @pytest.mark.parametrize("key", ["path", "linkpath"])
-@known_defect('NUL in a PAX path leaks ValueError')
 def test_nul_byte_in_pax_path_is_refused(area, key):
     tar = Tar()
     if key == "path":
@@ -469,7 +461,6 @@ def test_pax_sparse_entry_is_refused(area):
         area.apply(tar)
 
 
-@known_defect("tarfile's sparse-map parser leaks ValueError")
 def test_malformed_sparse_map_is_a_typed_refusal(area):
     """A garbage PAX sparse map must surface as UnsafeLayer, not a parser crash."""
     tar = Tar().file("GNUSparseFile.0/sparse", b"\x00" * 512, pax=[
@@ -495,7 +486,6 @@ def test_path_length_and_depth_limits(area):
         area.apply(Tar().file("/".join(["d"] * 20), b"x"), limits=Limits(max_depth=10))
 
 
-@known_defect('max_depth is checked on the tar name only')
 def test_depth_limit_applies_after_symlink_expansion(area):
     # A short name that a symlink expands into a very deep path.
     tar = Tar().symlink("s", "/".join(["d"] * 40)).file("s/x", b"x")
@@ -503,7 +493,6 @@ def test_depth_limit_applies_after_symlink_expansion(area):
         area.apply(tar, limits=Limits(max_depth=10))
 
 
-@known_defect('tarfile.ReadError leaks instead of UnsafeLayer')
 def test_bad_checksum_is_refused(area):
     with pytest.raises(UnsafeLayer):
         area.apply(Tar().raw(header("f", b"0", 0, checksum_delta=1)))

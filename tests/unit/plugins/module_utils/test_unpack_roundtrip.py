@@ -34,11 +34,6 @@ from ansible_collections.intermodal.containers.plugins.module_utils._unpack impo
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: ownership, setuid, devices")
 T0 = 1500000000 * 10 ** 9 + 123456789   # ns, so sub-second precision is checked too
 
-def known_defect(reason):
-    """A defect of the committed _unpack.py (c95fc49); remove the mark with the fix (strict: an XPASS fails)."""
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 
 def _touch(path, ns):
     os.utime(path, ns=(ns, ns), follow_symlinks=False)
@@ -115,9 +110,7 @@ def describe(top, xattrs=True, ns=True):
     return out
 
 
-@pytest.mark.parametrize("writer", [
-    pytest.param("gnu-pax", marks=known_defect("tarfile parses PAX mtime as a float: ns precision lost")),
-    "gnu-gnu", "busybox"])
+@pytest.mark.parametrize("writer", ["gnu-pax", "gnu-gnu", "busybox"])
 def test_real_tar_round_trip(tmp_path, writer):
     src = str(tmp_path / "src")
     dest = tmp_path / "dest"
@@ -141,7 +134,6 @@ def test_real_tar_round_trip(tmp_path, writer):
                                        and not f in ("sh", "busybox-link"))
 
 
-@known_defect('tarfile parses PAX mtime as a float: ns precision lost')
 def test_short_reads_give_the_same_tree(tmp_path):
     src = str(tmp_path / "src")
     build_tree(src)
@@ -167,7 +159,6 @@ def test_directory_mtimes_are_set_after_their_children(tmp_path):
     assert os.lstat(str(dest / "a/b/f")).st_mtime == 3000
 
 
-@known_defect('a dir listed after its child stays in implied_dirs')
 def test_implied_dirs_are_reported(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -217,7 +208,6 @@ def test_inherit_gives_implied_tmp_its_lower_mode_owner_and_xattrs(tmp_path):
     assert open(str(upper / "tmp/x"), "rb").read() == b"x"
 
 
-@known_defect('inherit skips a lower where the path is a file (containerd stops)')
 def test_inherit_takes_the_topmost_lower_and_stops_at_a_non_directory(tmp_path):
     base, _ = _layer(tmp_path, "base", Tar().dir("a", mode=0o1777).dir("b", mode=0o1777))
     mid, _ = _layer(tmp_path, "mid", Tar().dir("a", mode=0o700, uid=5).file("b", b"file now"))
@@ -276,7 +266,6 @@ def test_remove_tree_of_an_unpacked_layer(tmp_path):
     assert not os.path.lexists(str(layer))
 
 
-@known_defect('fchown/chown unconditionally: fails when not root')
 def test_unprivileged_user_unpacks_locked_dirs_and_removes_them():
     """As nobody (forked, setresuid): 0555/000 dirs with children, user.overlay.* opaque, no devices."""
     import tempfile
