@@ -128,13 +128,25 @@ def validate_capabilities(names, option="capabilities"):
 
 
 def host_capabilities():
-    """Capabilities this kernel knows (cap_last_cap), so ALL never names one it lacks."""
+    """Capabilities a container here can get: known to the kernel and in our own bounding set.
+
+    A runtime cannot grant what its caller lacks (capset fails with EPERM), so
+    ALL and privileged mean "all of these".
+    """
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             last = int(f.read().strip())
     except (OSError, ValueError):
         last = len(ALL_CAPABILITIES) - 1
-    return ALL_CAPABILITIES[:last + 1]
+    bounding = (1 << (last + 1)) - 1
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    bounding = int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return [cap for i, cap in enumerate(ALL_CAPABILITIES[:last + 1]) if bounding & (1 << i)]
 
 
 def effective_capabilities(capabilities=None, privileged=False):
@@ -146,6 +158,10 @@ def effective_capabilities(capabilities=None, privileged=False):
     add = validate_capabilities(capabilities.get("add"), "capabilities.add")
     drop = validate_capabilities(capabilities.get("drop"), "capabilities.drop")
     known = host_capabilities()
+    lacking = [c for c in add if c != "ALL" and c not in known]
+    if lacking:
+        raise InvalidOption("capabilities.add: %s cannot be granted on this host: the kernel or the "
+                            "process starting containers does not have it" % ", ".join(lacking))
     if privileged:
         return list(known)
     if "ALL" in drop:  # start empty, keep only what is added
