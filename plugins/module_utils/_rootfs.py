@@ -179,6 +179,22 @@ def _escape_check(path):
         raise MountError("overlay cannot use path %r (contains , or :)" % path)
 
 
+def _match_root_dir(upper, top_lower):
+    """A fresh upper dir takes the image root's mode and owner.
+
+    overlayfs shows the upper dir's attributes as the container's "/": an
+    upper made 0700 would make "/" untraversable for a non-root user.
+    """
+    if os.listdir(upper):
+        return  # the container layer is in use: "/" is whatever the container made it
+    want = os.stat(top_lower)
+    have = os.stat(upper)
+    if stat.S_IMODE(have.st_mode) != stat.S_IMODE(want.st_mode):
+        os.chmod(upper, stat.S_IMODE(want.st_mode))
+    if (have.st_uid, have.st_gid) != (want.st_uid, want.st_gid):
+        os.chown(upper, want.st_uid, want.st_gid)
+
+
 def mount_overlay(lower_dirs, upper, work, target, read_only=False):
     """Mount overlayfs at ``target``: ``lower_dirs`` top-most first, container layer in upper/work.
 
@@ -194,9 +210,14 @@ def mount_overlay(lower_dirs, upper, work, target, read_only=False):
     paths = lowers + ([os.path.abspath(upper), os.path.abspath(work)] if upper is not None else [])
     for path in paths:
         _escape_check(path)
+    for lower in lowers:
+        if not os.path.isdir(lower):
+            raise MountError("cannot mount the container filesystem at %s: layer directory %s is missing"
+                             % (target, lower))
     if upper is not None:
         os.makedirs(paths[-2], mode=0o755, exist_ok=True)
         os.makedirs(paths[-1], mode=0o700, exist_ok=True)
+        _match_root_dir(paths[-2], lowers[0])
     if upper is None and len(lowers) == 1:
         # A lower-only overlay needs two layers on older kernels; an empty one changes nothing.
         empty = os.path.join(os.path.dirname(os.path.abspath(target)), ".empty-lower")

@@ -20,15 +20,9 @@ from __future__ import annotations
 import os
 import resource
 
-from ansible_collections.intermodal.containers.plugins.module_utils._errors import IntermodalError
 from ansible_collections.intermodal.containers.plugins.module_utils import _seccomp
+from ansible_collections.intermodal.containers.plugins.module_utils._cgroups import InvalidOption  # noqa: F401 (re-export)
 from ansible_collections.intermodal.containers.plugins.module_utils._rootfs import open_in_root
-
-try:
-    from ansible_collections.intermodal.containers.plugins.module_utils._cgroups import InvalidOption
-except ImportError:  # pragma: no cover - only until _cgroups lands
-    class InvalidOption(IntermodalError):
-        """An option value is invalid; the message names the option."""
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -120,8 +120,11 @@ def _remove_test_cgroups():
 class Box:
     """One container: overlay rootfs over the image, bundle, runtime id, cleanup."""
 
-    def __init__(self, store, image_config, lowers, runtime, name):
+    def __init__(self, store, image_config, lowers, runtime, name, upper_mode=None):
         self.paths = ContainerPaths(store, name)
+        if upper_mode is not None:
+            os.makedirs(self.paths.upper, mode=upper_mode)
+            os.chmod(self.paths.upper, upper_mode)
         self.image_config = image_config
         self.runtime = runtime
         self.runtime_id = "intermodal-test-%s" % uuid.uuid4().hex[:12]
@@ -194,8 +197,8 @@ def box(busybox_image, runtime):
     store, config, lowers = busybox_image
     made = []
 
-    def make(name=None):
-        b = Box(store, config, lowers, runtime, name or "c" + uuid.uuid4().hex[:10])
+    def make(name=None, **kwargs):
+        b = Box(store, config, lowers, runtime, name or "c" + uuid.uuid4().hex[:10], **kwargs)
         made.append(b)
         return b
 
@@ -348,6 +351,12 @@ def test_env_cwd_and_user_from_the_image(box):
     out = ok(box().run('id -u; id -g; id -un; pwd; echo "$GREETING"; echo "$IMAGE_VAR"; echo "$HOME"',
                        user="nobody", working_dir="/tmp", env={"GREETING": "hi there"}))
     assert out.splitlines() == ["65534", "65534", "nobody", "/tmp", "hi there", "from-image", "/nonexistent"]
+
+
+def test_non_root_user_can_use_a_root_made_0700_container_layer(box):
+    """The container layer dir may be created 0700; "/" must still show the image's mode."""
+    out = ok(box(upper_mode=0o700).run("stat -c %a /; id -u; ls /bin/busybox", user="nobody"))
+    assert out.split() == ["755", "65534", "/bin/busybox"]
 
 
 # -- the driver's verbs on a live container -----------------------------------------------------
