@@ -88,8 +88,10 @@ def runtime(request, tmp_path):
 
 
 def _cgroup_dirs():
-    for controller in sorted(os.listdir(CGROUP_ROOT)):
-        path = os.path.join(CGROUP_ROOT, controller, TEST_CGROUP)
+    """Our test cgroup in each v1 hierarchy, and at the root of a pure v2 mount."""
+    candidates = [os.path.join(CGROUP_ROOT, TEST_CGROUP)]
+    candidates += [os.path.join(CGROUP_ROOT, c, TEST_CGROUP) for c in sorted(os.listdir(CGROUP_ROOT))]
+    for path in candidates:
         if os.path.isdir(path):
             yield path
 
@@ -210,6 +212,16 @@ def box(busybox_image, runtime):
         for b in made:
             assert not _rootfs.is_mounted(b.paths.rootfs)
             assert runtime.state(b.runtime_id) is None
+
+
+def read_cg(controller, relpath, v1_file, v2_file):
+    """A cgroup file of the container, on a v1/hybrid host or a pure v2 one."""
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):
+        path = os.path.join(CGROUP_ROOT, relpath, v2_file)
+    else:
+        path = os.path.join(CGROUP_ROOT, controller, relpath, v1_file)
+    with open(path) as f:
+        return f.read().strip()
 
 
 def wait_for(predicate, timeout=RUN_TIMEOUT):
@@ -374,12 +386,13 @@ def test_state_ps_update_kill_on_a_running_container(box, runtime):
             pid = int(f.read().strip())
         assert state["pid"] == pid
         assert runtime.ps(b.runtime_id) == [pid]
-        pids_max = os.path.join(CGROUP_ROOT, "pids", b.cgroups_path.lstrip("/"), "pids.max")
-        with open(pids_max) as f:
-            assert f.read().strip() == "50"
-        runtime.update(b.runtime_id, {"pids": {"limit": 77}})
-        with open(pids_max) as f:
-            assert f.read().strip() == "77"
+        cg = b.cgroups_path.lstrip("/")
+        assert read_cg("pids", cg, "pids.max", "pids.max") == "50"
+        runtime.update(b.runtime_id, {"pids": {"limit": 77}, "memory": {"limit": 64 << 20},
+                                      "cpu": {"quota": 50000, "period": 100000}})
+        assert read_cg("pids", cg, "pids.max", "pids.max") == "77"
+        assert read_cg("memory", cg, "memory.limit_in_bytes", "memory.max") == str(64 << 20)
+        assert read_cg("cpu", cg, "cpu.cfs_quota_us", "cpu.max").split()[0] == "50000"
         assert runtime.state(b.runtime_id)["pid"] == pid  # live: same process
         assert runtime.kill(b.runtime_id, "SIGKILL") is True
         assert proc.wait(timeout=RUN_TIMEOUT) == 128 + 9
