@@ -136,11 +136,14 @@ actions:
   elements: str
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.intermodal.containers.plugins.module_utils._module import run
 from ansible_collections.intermodal.containers.plugins.module_utils._volumes import (
     Volume,
+    VolumeError,
     parse_mode,
     resolve_owner,
 )
@@ -167,6 +170,8 @@ def main():
 
     def task():
         volume = Volume(params["store_root"], params["name"])
+        if params["import_from"] and not os.path.isfile(params["import_from"]):
+            raise VolumeError("import_from %s does not exist or is not a file" % params["import_from"])
         before = volume.actual()
         actions = []
         if params["state"] == "absent":
