@@ -111,7 +111,7 @@ def hybrid_fix_hint(controllers):
     return ("crun refuses this host's hybrid cgroup layout: cgroup v1 controllers are mounted and "
             "cgroup2 (%s) still holds %s. Fix the host by mounting it as a v1 hierarchy: "
             "'mkdir -p /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb' "
-            "(let the module do it with fix_hybrid_cgroups: true), or use runtime: runc."
+            "(see docs/runtime.md), or use runtime: runc."
             % (UNIFIED, ", ".join(sorted(controllers)) or "a controller"))
 
 
