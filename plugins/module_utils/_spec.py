@@ -178,7 +178,7 @@ def _read_image_file(rootfs, path, limit=4 << 20):
     try:
         with open_in_root(rootfs, path) as f:
             return f.read(limit).decode("utf-8", "replace")
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # missing, a directory, a FIFO, a link loop: the image has no usable file
         return None
 
 

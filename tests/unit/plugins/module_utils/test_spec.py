@@ -328,3 +328,26 @@ def test_passwd_symlink_inside_the_rootfs_is_followed(tmp_path):
     (root / "usr" / "share" / "passwd").write_text("svc:x:700:701::/srv:/bin/sh\n")
     os.symlink("/usr/share/passwd", str(root / "etc" / "passwd"))
     assert build_spec({"Cmd": ["sh"]}, {"user": "svc"}, str(root))["process"]["user"] == {"uid": 700, "gid": 701}
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "loop"])
+def test_unusable_passwd_counts_as_absent(tmp_path, kind):
+    """Hand-made odd trees (a directory, a FIFO, a symlink loop at /etc/passwd): no hang, no host read."""
+    root = make_rootfs(tmp_path, passwd=None)
+    target = os.path.join(root, "etc", "passwd")
+    if kind == "directory":
+        os.mkdir(target)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        os.symlink("passwd", target)
+    assert build_spec({"Cmd": ["sh"]}, {"user": "7:8"}, root)["process"]["user"] == {"uid": 7, "gid": 8}
+    with pytest.raises(InvalidOption, match="no user 'app'"):
+        build_spec({"Cmd": ["sh"]}, {"user": "app"}, root)
+
+
+def test_invalid_option_is_the_shared_class():
+    from ansible_collections.intermodal.containers.plugins.module_utils import _cgroups
+    assert InvalidOption is _cgroups.InvalidOption
+    with pytest.raises(_cgroups.InvalidOption):
+        _spec.validate_capabilities(["CAP_NOPE"])
