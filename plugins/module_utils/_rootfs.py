@@ -138,7 +138,7 @@ def ensure_short_links(store_root, lower_dirs):
         except OSError:
             current = ""
         if current != target:
-            tmp = "%s.tmp-%d" % (link, os.getpid())
+            tmp = "%s.tmp-%d-%d" % (link, os.getpid(), threading.get_ident())
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
@@ -210,6 +210,8 @@ def mount_overlay(lower_dirs, upper, work, target, read_only=False):
     paths = lowers + ([os.path.abspath(upper), os.path.abspath(work)] if upper is not None else [])
     for path in paths:
         _escape_check(path)
+    if is_mounted(target):  # stacking a second overlay would hide the first and leak it
+        raise MountError("cannot mount the container filesystem at %s: something is already mounted there" % target)
     for lower in lowers:
         if not os.path.isdir(lower):
             raise MountError("cannot mount the container filesystem at %s: layer directory %s is missing"

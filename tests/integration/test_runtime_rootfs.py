@@ -49,6 +49,8 @@ def test_many_layers_beyond_a_page_of_options(tmp_path, mounts):
     assert len([n for n in names if n.startswith("layer-")]) == 150
     with open(os.path.join(target, "shadowed")) as f:
         assert f.read() == "149"  # the top-most layer wins
+    with pytest.raises(_rootfs.MountError, match="already mounted"):
+        _rootfs.mount_overlay(links, os.path.join(store, "c", "upper"), os.path.join(store, "c", "work"), target)
     with open(os.path.join(target, "new"), "w") as f:
         f.write("x")
     assert os.path.exists(os.path.join(store, "c", "upper", "new"))  # writes land in the container layer
