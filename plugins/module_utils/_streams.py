@@ -195,9 +195,12 @@ class DecompressingReader:
     """File-like reader of the uncompressed stream, decoded in a background thread.
 
     The worker reads ``raw`` (which may hash, tee and verify), sniffs the
-    compression, decodes and hashes the output (the diff_id); the consumer
-    reads decoded bytes. Errors in the worker surface from ``read``. The queue
-    is bounded so memory stays small however fast the network is.
+    compression and decodes; the consumer reads decoded bytes and hashes each
+    chunk as it takes it from the queue (the diff_id). Hashing on the
+    consumer's side moves that work off the worker, which was the pipeline's
+    bottleneck while the consumer waited for data (measured with
+    benchmarks/pull_bench.py). Errors in the worker surface from ``read``. The
+    queue is bounded so memory stays small however fast the network is.
     """
 
     _DONE = object()
@@ -256,7 +259,6 @@ class DecompressingReader:
         self.size += len(out)
         if self._max_output is not None and self.size > self._max_output:
             raise UnsafeLayer("layer decompresses to more than %d bytes; refusing (decompression bomb?)" % self._max_output)
-        self._diff_hash.update(out)
         return self._put(out)
 
     def read(self, n=-1):
@@ -276,6 +278,8 @@ class DecompressingReader:
                 if self._error is not None:
                     raise self._error
                 return b""
+            # Every chunk passes here exactly once, in order: the diff_id covers all of them.
+            self._diff_hash.update(item)
             self._buffer, self._offset = item, 0
         data = self._buffer[self._offset:self._offset + n]
         self._offset += len(data)
