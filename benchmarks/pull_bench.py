@@ -97,6 +97,9 @@ def log(msg):
 
 
 def sync():
+    # Twice: with --fs loop the first pushes the loop fs into its backing file, the
+    # second that file to disk, so no writeback of a previous run lands on this one.
+    os.sync()
     os.sync()
 
 
@@ -373,7 +376,9 @@ def floor_tar_extract(tars, dest_root):
 
 # ---- profile (py-spy) ------------------------------------------------------------
 
-# First match walking from the sampled frame towards the thread's root decides the bucket.
+# The first frame, walking from the sampled one towards the thread's root, that
+# names a function here decides the bucket; unpacker frames not listed fall back
+# to their file (the unpacker is another helper's and its functions change).
 PROFILE_BUCKETS = (
     ("syncfs", "syncfs before the layer rename"),
     ("BlobIngest.commit", "fsync + rename of the blob"),
@@ -383,36 +388,43 @@ PROFILE_BUCKETS = (
     ("BlobReader._next_chunk", "receive + sha256 (BlobReader)"),
     ("BlobReader.read", "receive + sha256 (BlobReader)"),
     ("HashingReader.read", "sha256 of the blob (HashingReader)"),
-    ("_FileInFile.readinto", "tar: copy file data out of the stream"),
-    ("TarFile.next", "tar: header parsing"),
-    ("TarFile.open", "tar: header parsing"),
-    ("_set_fd_metadata", "files: chown/chmod/xattrs"),
-    ("_open_parent", "files: resolve parent (openat2)"),
-    ("_remove_existing", "files: lstat before create"),
-    ("_Applier._regular", "files: create + write"),
-    ("_Applier._directory", "files: mkdir"),
-    ("_Applier._symlink", "files: symlink"),
-    ("_Applier._hardlink", "files: hardlink"),
-    ("_Applier._whiteout", "files: whiteouts"),
-    ("_Applier._set_dir_times", "files: directory times"),
-    ("_Applier._entry", "files: other"),
+    ("DecompressingReader.read", "tar: take decoded chunks"),
+    ("TarReader.copy_to", "files: write data"),
+    ("TarReader.next", "tar: header parsing"),
+    ("_Applier.create", "files: create inode"),
+    ("resolve_dir", "files: resolve parent (openat2)"),
+    ("_Applier.set_metadata", "files: chown/chmod/xattrs"),
+    ("_Applier.set_dir_metadata", "files: chown/chmod/xattrs"),
+    ("_Applier.make_dir", "files: mkdir"),
+    ("_Applier.finish", "files: directory modes and times"),
     ("inherit_parent_metadata", "implied directories"),
     ("RegistryClient.resolve", "HEAD, manifest, config, scheme probe"),
     ("RegistryClient.get_manifest", "HEAD, manifest, config, scheme probe"),
     ("ImageService._fetch_small_blob", "HEAD, manifest, config, scheme probe"),
 )
+PROFILE_FILE_BUCKETS = (
+    ("_unpack_tar.py", "tar: other"),
+    ("_unpack_paths.py", "files: other"),
+    ("_unpack.py", "files: other"),
+)
 
 
-def _bucket(names):
+def _bucket(frames):
+    """frames: (function, file) from the thread's root to the sampled frame."""
+    names = [fn for fn, _ in frames]
     if names and names[-1] in ("Condition.wait", "Event.wait", "Thread.join"):
         if "DecompressingReader.read" in names:
             return "wait for decompressed data"
         if "ImageService._layer_job" in names:
             return "wait for the parent layer"
         return "wait for the layer threads"
-    for fn in reversed(names):
+    for fn, _ in reversed(frames):
         for frame, bucket in PROFILE_BUCKETS:
             if frame == fn:
+                return bucket
+    for _, path in reversed(frames):
+        for name, bucket in PROFILE_FILE_BUCKETS:
+            if path == name:
                 return bucket
     return "other"
 
@@ -437,10 +449,13 @@ def profile_pull(base, ref_text, rate=250):
             stack, _, count = line.rstrip().rpartition(" ")
             frames = stack.partition(": ")[2].split(";")
             name = frames[0].rstrip("0123456789").rstrip("_") or frames[0]
-            names = [frame.split(" (")[0] for frame in frames[1:]]
-            if "ours_pull.<locals>.go" not in names and name == "MainThread":
+            parsed = []
+            for frame in frames[1:]:
+                fn, _, where = frame.partition(" (")
+                parsed.append((fn, os.path.basename(where.rsplit(":", 1)[0])))
+            if name == "MainThread" and "ours_pull.<locals>.go" not in [fn for fn, _ in parsed]:
                 continue  # the sleeps around the pull
-            bucket = _bucket(names)
+            bucket = _bucket(parsed)
             per = threads.setdefault(name, {})
             per[bucket] = per.get(bucket, 0.0) + int(count) / float(rate)
     return {"seconds": seconds, "threads": threads}
@@ -462,6 +477,7 @@ def machine_facts(work):
     disk = run(["df", "--output=source,fstype", work], check=False).stdout.splitlines()[-1:]
     return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
             "gzip_backend": _streams.gzip_backend(), "workdir_fs": " ".join(disk[0].split()) if disk else "?",
+            "loadavg_after": list(os.getloadavg()),
             "podman": run(["podman", "--version"], check=False).stdout.strip(),
             "skopeo": run(["skopeo", "--version"], check=False).stdout.strip(),
             "tar": run(["tar", "--version"], check=False).stdout.splitlines()[0]}
@@ -476,8 +492,8 @@ def fmt(entry):
 def print_report(res):
     m, img = res["machine"], res["image"]
     print()
-    print("machine: %d CPUs, kernel %s, Python %s, gzip backend %s, workdir on %s"
-          % (m["cpus"], m["kernel"], m["python"], m["gzip_backend"], m["workdir_fs"]))
+    print("machine: %d CPUs, kernel %s, Python %s, gzip backend %s, stores on %s, load average after %s"
+          % (m["cpus"], m["kernel"], m["python"], m["gzip_backend"], m["workdir_fs"], " ".join("%.2f" % x for x in m["loadavg_after"])))
     print("tools:   %s; %s; %s" % (m["podman"], m["skopeo"], m["tar"]))
     print("image:   %s, %d layers, %.1f MiB compressed, %.1f MiB uncompressed tar, %d tar entries"
           % (res["ref"], len(img["layers"]), img["compressed"] / 2 ** 20,
