@@ -31,7 +31,7 @@ from ansible_collections.intermodal.containers.plugins.module_utils._container_p
 from ansible_collections.intermodal.containers.plugins.module_utils._content import remove_tree
 from ansible_collections.intermodal.containers.plugins.module_utils._errors import StoreError
 from ansible_collections.intermodal.containers.plugins.module_utils._manifest import chain_ids
-from ansible_collections.intermodal.containers.plugins.module_utils._options import split
+from ansible_collections.intermodal.containers.plugins.module_utils._options import LIMIT_OPTIONS, split
 from ansible_collections.intermodal.containers.plugins.module_utils._rootfs import (
     ensure_short_links,
     is_mounted,
@@ -168,7 +168,9 @@ class ContainerService:
                 mount_overlay(short, paths.upper, paths.work, paths.rootfs)
             opts = dict(process)
             opts["mounts"] = mounts
-            opts["hostname"] = process.get("hostname") or name
+            opts["capabilities"] = {"add": process.get("capabilities") or [], "drop": process.get("cap_drop") or []}
+            if process.get("uts_mode") != "host":
+                opts["hostname"] = process.get("hostname") or name
             opts["resources"] = to_oci_resources(limits)
             opts["cgroups_path"] = "/" + paths.cgroup
             spec = build_spec(config.config or {}, opts, paths.rootfs)
@@ -202,9 +204,16 @@ class ContainerService:
         return resolved
 
     def policy(self, recorded):
-        policy = split(recorded["options"])[2]
-        policy["stop_signal"] = recorded.get("stop_signal") or policy.get("stop_signal") or "SIGTERM"
-        return policy
+        """Supervision settings in the supervisor's vocabulary."""
+        opts = recorded["options"]
+        return {
+            "restart_policy": opts.get("restart_policy") or "no",
+            "max_retries": opts.get("restart_retries"),
+            "stop_signal": recorded.get("stop_signal") or opts.get("stop_signal") or "SIGTERM",
+            "stop_timeout": opts.get("stop_timeout"),
+            "log_max_size": opts.get("log_max_size"),
+            "log_max_files": opts.get("log_max_files"),
+        }
 
     def start(self, name):
         recorded = self.recorded(name)
@@ -229,7 +238,8 @@ class ContainerService:
         paths = self.paths(name)
         cgroup = Cgroup(paths.cgroup)
         if cgroup.exists():
-            cgroup.apply(_with_unset(limits, recorded["options"]))
+            # Every limit is managed: an option left unset goes back to its default.
+            cgroup.apply({key: desired.get(key) for key in LIMIT_OPTIONS})
         self._record_options(name, recorded, desired)
         try:
             with open(paths.config) as handle:
@@ -275,13 +285,3 @@ class ContainerService:
             cgroup.kill_all()
             cgroup.remove()
         remove_tree(paths.dir)
-
-
-def _with_unset(limits, old_options):
-    """Limits to write: new values, plus explicit 'unlimited' for limits that were set before."""
-    out = dict(limits)
-    for key, value in old_options.items():
-        if key not in out and value is not None and key in (
-                "memory", "memory_swap", "memory_reservation", "cpus", "pids_limit"):
-            out[key] = None
-    return out
