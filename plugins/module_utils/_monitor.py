@@ -308,6 +308,7 @@ class Monitor:
             "status": "created",
             "pid": None,
             "runtime_pid": None,
+            "runtime_starttime": None,
             "monitor_pid": self.pid,
             "monitor_starttime": process_starttime(self.pid),
             "started_at": None,
@@ -435,7 +436,7 @@ class Monitor:
             self._fds[fd] = LineFramer(stream, self.log)
         self._started_mono = time.monotonic()
         self._save(status="running", pid=None if pid_file else self._child, runtime_pid=self._child,
-                   started_at=rfc3339_now(), error=None)
+                   runtime_starttime=process_starttime(self._child), started_at=rfc3339_now(), error=None)
 
     def _drain(self, fd, until_eof=False):
         framer = self._fds.get(fd)

@@ -162,7 +162,7 @@ def python_interpreter():
 
 
 def spawn_detached(argv, env, log_path, cwd="/"):
-    """Start argv as a daemon (double fork, own session, stdin /dev/null); returns its pid.
+    """Start argv as a daemon (double fork, new session, own process group, stdin /dev/null); returns its pid.
 
     The intermediate child exits at once, so the daemon is never our zombie
     and lives on after this process (the Ansible module) exits.
@@ -177,6 +177,7 @@ def spawn_detached(argv, env, log_path, cwd="/"):
             if second:
                 os.write(wfd, b"%d" % second)
                 os._exit(0)
+            os.setpgid(0, 0)  # its own process group, so killpg(monitor pid) is exact
             os.chdir(cwd)
             os.umask(0o022)
             null = os.open("/dev/null", os.O_RDONLY)
@@ -371,11 +372,15 @@ class MonitorSupervisor(Supervisor):
     def _force_end(self, paths, runtime, state):
         launch = read_json(os.path.join(paths.dir, LAUNCH_FILE)) or {}
         rpid = state.get("runtime_pid")
-        if rpid and process_alive(rpid) and _cmdline(rpid) == launch.get("argv"):
+        # The start time tells the runtime process apart from a later process that reused its pid.
+        if rpid and process_alive(rpid) and process_starttime(rpid) == state.get("runtime_starttime"):
             try:
                 os.killpg(rpid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            deadline = time.monotonic() + 10
+            while process_alive(rpid) and time.monotonic() < deadline:
+                time.sleep(0.01)
         if runtime is not None and launch.get("runtime"):
             for call in (lambda: runtime.kill(paths.runtime_id, "SIGKILL", all=True),
                          lambda: runtime.delete(paths.runtime_id, force=True)):
@@ -420,14 +425,6 @@ class MonitorSupervisor(Supervisor):
                 os.unlink(os.path.join(paths.dir, name))
             except FileNotFoundError:
                 pass
-
-
-def _cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0")[:-1]]
-    except OSError:
-        return None
 
 
 def _runtime_spec(runtime):
