@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -103,12 +104,27 @@ def sync():
     os.sync()
 
 
+def _cpu_now():
+    self_, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self_.ru_utime + self_.ru_stime + children.ru_utime + children.ru_stime
+
+
 def timed(fn):
-    """Wall seconds of fn() after a sync, and its result."""
+    """Wall seconds of fn() after a sync, and its result; CPU seconds in timed.cpu.
+
+    CPU is user+sys of this process (all threads) and of the children that
+    ended meanwhile (a tool's process), not of the registry, which keeps running.
+    """
     sync()
+    cpu = _cpu_now()
     start = time.perf_counter()
     result = fn()
-    return time.perf_counter() - start, result
+    wall = time.perf_counter() - start
+    timed.cpu = _cpu_now() - cpu
+    return wall, result
+
+
+timed.cpu = 0.0
 
 
 def run(cmd, env=None, check=True):
@@ -483,10 +499,10 @@ def machine_facts(work):
             "tar": run(["tar", "--version"], check=False).stdout.splitlines()[0]}
 
 
-def fmt(entry):
+def fmt(entry, cpu):
     if entry is None:
-        return "%8s %8s" % ("-", "-")
-    return "%8.3f %8.3f" % (entry["median"], entry["min"])
+        return "%8s %8s %8s" % ("-", "-", "-")
+    return "%8.3f %8.3f %8.3f" % (entry["median"], entry["min"], cpu["median"] if cpu else float("nan"))
 
 
 def print_report(res):
@@ -498,10 +514,11 @@ def print_report(res):
     print("image:   %s, %d layers, %.1f MiB compressed, %.1f MiB uncompressed tar, %d tar entries"
           % (res["ref"], len(img["layers"]), img["compressed"] / 2 ** 20,
              img["uncompressed"] / 2 ** 20, img["entries"]))
-    print("runs:    %d each (median / min seconds), stores on --fs %s; page cache not dropped (not permitted here)"
+    print("runs:    %d each (median / min wall seconds, median user+sys CPU seconds), stores on --fs %s;\n"
+          "         page cache not dropped (not permitted here)"
           % (res["runs"], res["fs"]))
     print()
-    print("%-42s %8s %8s" % ("tool", "median", "min"))
+    print("%-42s %8s %8s %8s" % ("tool", "median", "min", "cpu"))
     for key, label in (("ours_cold", "ours cold (ImageService.pull, in-process)"),
                        ("ours_module_cold", "ours cold (module process)"),
                        ("ours_module_noop", "ours module no-op (start-up, present)"),
@@ -510,7 +527,7 @@ def print_report(res):
                        ("podman_cold", "podman pull cold"),
                        ("podman_warm", "podman pull warm (second pull)"),
                        ("skopeo_cold", "skopeo copy -> dir: (no unpack)")):
-        print("%-42s %s" % (label, fmt(res["timings"].get(key))))
+        print("%-42s %s" % (label, fmt(res["timings"].get(key), res["cpu"].get(key))))
     fl = res["floors"]
     print()
     print("physical floors (median of runs):")
@@ -523,7 +540,7 @@ def print_report(res):
     print("  sum (a)+(b)+(c)+sync                     %7.3f s" % fl["sum"])
     per_inode = fl["tar_extract"]["median"] / max(1, img["entries"]) * 1e6
     print("  GNU tar: %.0f us per tar entry" % per_inode)
-    if per_inode > 300:
+    if per_inode > 150:
         print("  WARNING: creating files is very slow on this filesystem (journal-less ext4 scans recently\n"
               "  deleted inodes for every new one); every tool below pays it; try --fs loop")
     print()
@@ -567,6 +584,11 @@ def bench(args, work, base):
         timings = {key: [] for key in ("ours_cold", "ours_module_cold", "ours_module_noop", "ours_warm",
                                        "ours_module_warm", "podman_cold", "podman_warm", "skopeo_cold")}
         floors = {"download": [], "decompress": [], "tar_extract": [], "tar_sync": []}
+        cpu = {key: [] for key in timings}
+
+        def record(key, seconds):
+            timings[key].append(seconds)
+            cpu[key].append(timed.cpu)
         warm_requests = None
         image = None
         podman = Podman(work, registry.host)
@@ -577,32 +599,32 @@ def bench(args, work, base):
             log("run %d/%d: ours" % (i + 1, args.runs))
             store = os.path.join(base, "ours-%d" % i)
             seconds, _ = ours_pull(store, ref_text)
-            timings["ours_cold"].append(seconds)
+            record("ours_cold", seconds)
             if image is None:
                 image = describe_image(store, parse_reference(ref_text))
             seconds, up_to_date, seen = ours_warm(store, ref_text, registry)
             if not up_to_date:
                 raise RuntimeError("warm check says the stored image is out of date")
-            timings["ours_warm"].append(seconds)
+            record("ours_warm", seconds)
             warm_requests = seen
 
             store = os.path.join(base, "ours-module-%d" % i)
-            timings["ours_module_cold"].append(module_run(work, store, ref_text)[0])
-            timings["ours_module_noop"].append(module_run(work, store, ref_text)[0])
+            record("ours_module_cold", module_run(work, store, ref_text)[0])
+            record("ours_module_noop", module_run(work, store, ref_text)[0])
             seconds, result = module_run(work, store, ref_text, pull="always")
             if result.get("changed"):
                 raise RuntimeError("pull=always on an unchanged image reported a change")
-            timings["ours_module_warm"].append(seconds)
+            record("ours_module_warm", seconds)
 
             log("run %d/%d: podman" % (i + 1, args.runs))
             root = os.path.join(base, "podman-%d" % i)
             env = podman.prepare(root)
-            timings["podman_cold"].append(podman.pull(root, env, ref_text))
-            timings["podman_warm"].append(podman.pull(root, env, ref_text))
+            record("podman_cold", podman.pull(root, env, ref_text))
+            record("podman_warm", podman.pull(root, env, ref_text))
 
             log("run %d/%d: skopeo" % (i + 1, args.runs))
             dest = os.path.join(base, "skopeo-%d" % i)
-            timings["skopeo_cold"].append(skopeo_copy(dest, ref_text, podman.registries))
+            record("skopeo_cold", skopeo_copy(dest, ref_text, podman.registries))
 
             log("run %d/%d: physical floors" % (i + 1, args.runs))
             seconds, blobs = floor_download(registry, image)
@@ -623,11 +645,12 @@ def bench(args, work, base):
         registry.stop()
 
     timings = {key: stats(values) for key, values in timings.items()}
+    cpu = {key: stats(values) for key, values in cpu.items()}
     floor_stats = {key: stats(values) for key, values in floors.items()}
     floor_stats["decompress_parts"] = decompress_parts
     floor_stats["sum"] = sum(floor_stats[k]["median"] for k in ("download", "decompress", "tar_extract", "tar_sync"))
     return {"ref": ref_text, "runs": args.runs, "fs": args.fs, "machine": machine_facts(base), "image": image,
-            "timings": timings, "floors": floor_stats, "ratios": ratios(timings, floor_stats),
+            "timings": timings, "cpu": cpu, "floors": floor_stats, "ratios": ratios(timings, floor_stats),
             "warm_requests": warm_requests, "profile": profile}
 
 
