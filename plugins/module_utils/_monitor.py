@@ -290,6 +290,31 @@ def exit_code_of(status):
 
 # ---- the monitor --------------------------------------------------------------
 
+class _GuardedLog:
+    """Log sink that drops records it cannot write (disk full, log dir gone)
+    instead of raising: the container keeps running and being supervised."""
+
+    def __init__(self, log, note):
+        self.log, self.note = log, note
+        self.dropped = 0
+
+    def write(self, data):
+        try:
+            self.log.write(data)
+        except OSError as exc:
+            if not self.dropped:
+                self.note("cannot write the container log, dropping output: %s" % exc)
+            self.dropped += 1
+            try:
+                self.log.close()  # reopened (and the directory re-made) on the next write
+            except OSError:
+                pass
+            return
+        if self.dropped:
+            self.note("container log writable again; %d records were dropped" % self.dropped)
+            self.dropped = 0
+
+
 class Monitor:
     """One container's supervisor loop. ``run()`` returns when it is done."""
 
@@ -302,8 +327,8 @@ class Monitor:
         self.policy = self._read_policy(DEFAULT_POLICY)
         self.log = RotatingLog(self.launch.get("log") or os.path.join(container_dir, "logs", "container.log"),
                                self.policy["log_max_size"], self.policy["log_max_files"])
+        self._sink = _GuardedLog(self.log, self._note)
         self.pid = os.getpid()
-        previous = read_json(self.status_path) or {}
         self.state = {
             "status": "created",
             "pid": None,
@@ -319,8 +344,6 @@ class Monitor:
             "stopped_by_user": False,
             "error": None,
         }
-        if previous.get("restart_count") and self.launch.get("keep_restart_count"):
-            self.state["restart_count"] = previous["restart_count"]
         self._flags = set()
         self._child = None
         self._fds = {}
@@ -340,7 +363,10 @@ class Monitor:
 
     def _save(self, **changes):
         self.state.update(changes)
-        write_json_atomic(self.status_path, self.state)
+        try:
+            write_json_atomic(self.status_path, self.state)
+        except OSError as exc:  # a full disk must not kill the container's supervisor
+            self._note("cannot write %s: %s" % (STATUS_FILE, exc))
 
     def _reload(self):
         self.policy = self._read_policy(self.policy)
@@ -392,13 +418,10 @@ class Monitor:
             except BaseException as exc:  # noqa: B902 - report anything, then exit
                 self._note("runtime %s %r failed: %s" % (method, args, exc))
             os._exit(code)
-        while True:
-            try:
-                return exit_code_of(os.waitpid(helper, 0)[1])
-            except ChildProcessError:
-                return 1
-            except InterruptedError:  # pragma: no cover - PEP 475 retries already
-                continue
+        try:
+            return exit_code_of(os.waitpid(helper, 0)[1])
+        except ChildProcessError:  # pragma: no cover
+            return 1
 
     # -- one run of the container
 
@@ -433,7 +456,7 @@ class Monitor:
         self._fds = {}
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
-            self._fds[fd] = LineFramer(stream, self.log)
+            self._fds[fd] = LineFramer(stream, self._sink)
         self._started_mono = time.monotonic()
         self._save(status="running", pid=None if pid_file else self._child, runtime_pid=self._child,
                    runtime_starttime=process_starttime(self._child), started_at=rfc3339_now(), error=None)

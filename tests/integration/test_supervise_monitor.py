@@ -170,7 +170,7 @@ def test_killed_container_comes_back(harness, policy):
     assert st["restart_count"] == 1
     assert st["exit_code"] == 137   # the kill is recorded
     assert process_alive(st["pid"])
-    assert len(harness.log_texts(p)) == 2
+    wait_for(lambda: len(harness.log_texts(p)) == 2, "the second run's output")
 
 
 def test_policy_no_stays_exited_after_kill(harness):
