@@ -235,7 +235,7 @@ class Cgroup:
         """v2: let children of ``parent`` use the controllers we manage (only missing ones are written)."""
         wanted = {"memory", "cpu", "cpuset", "pids", "io"}
         available = set((_read(os.path.join(parent, "cgroup.controllers")) or "").split())
-        enabled = set((_read(os.path.join(parent, "cgroup.subtree_control")) or "").split())
+        enabled = set(c.lstrip("+") for c in (_read(os.path.join(parent, "cgroup.subtree_control")) or "").split())
         missing = sorted((wanted & available) - enabled)
         if missing:
             try:

@@ -42,6 +42,7 @@ CONTROLLER_OF = {
     "cpus": "cpu", "cpu_shares": "cpu", "cpuset_cpus": "cpuset", "cpuset_mems": "cpuset",
     "pids_limit": "pids", "blkio_weight": "io", "device_read_bps": "io", "device_write_bps": "io",
 }
+V2_DEFAULT_WEIGHT = 100
 V1_DEFAULT_WEIGHT = {"blkio.weight": 500, "blkio.bfq.weight": 100}
 
 
@@ -217,8 +218,12 @@ def _plan_cpu(fs, limits):
                 data = "max" if want_quota is None else "%d %d" % (want_quota, CPU_PERIOD)
                 writes.append(Write("cpus", "cpu", "cpu.max", data))
     if "cpu_shares" in limits:
-        shares = limits["cpu_shares"] or SHARES_DEFAULT
-        name, want = ("cpu.shares", shares) if v1 else ("cpu.weight", shares_to_weight(shares))
+        shares = limits["cpu_shares"]
+        if v1:
+            name, want = "cpu.shares", shares or SHARES_DEFAULT
+        else:
+            # The default on v2 is the kernel's weight 100, not 1024 shares converted.
+            name, want = "cpu.weight", shares_to_weight(shares) if shares else V2_DEFAULT_WEIGHT
         if _int(fs.read("cpu", name)) != want:
             writes.append(Write("cpu_shares", "cpu", name, str(want)))
     return writes
@@ -298,7 +303,8 @@ def read_limits(fs):
         have = (fs.read("cpu", "cpu.max") or "max").split()
         out["cpus"] = None if have[0] == "max" or len(have) < 2 else int(have[0]) / float(int(have[1]))
         weight = _int(fs.read("cpu", "cpu.weight"))
-        shares = weight_to_shares(weight) if weight else None
+        # Lossy: many share values map to one weight. Compare with Cgroup.changed_keys(), not read().
+        shares = weight_to_shares(weight) if weight and weight != V2_DEFAULT_WEIGHT else None
     if where:
         out["cpu_shares"] = None if shares in (None, SHARES_DEFAULT) else shares
     where = fs.where("cpuset")
