@@ -371,7 +371,7 @@ class Cgroup:
             "path": self.relpath,
             "exists": exists,
             "mode": self.layout.mode,
-            "paths": {c: d for c, d in self.paths.items()},
+            "paths": self.paths,
             "limits": self.read() if exists else {},
             "stats": self.stats() if exists else {},
             "pids": self.pids() if exists else [],

@@ -19,6 +19,7 @@ cpuset_cpus/cpuset_mems, and no rules for the device lists.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -109,7 +110,7 @@ def parse_cpu_list(text, option="cpuset_cpus"):
         raise InvalidOption("%s: invalid list %r (use numbers and ranges, for example 0-1,3)" % (option, text))
     out = set()
     for part in text.split(","):
-        low, _, high = part.partition("-")
+        low, _sep, high = part.partition("-")
         low, high = int(low), int(high or low)
         if high < low:
             raise InvalidOption("%s: invalid range %r in %r" % (option, part, text))
@@ -177,7 +178,7 @@ def _cpus(value):
         cpus = float(value)
     except (TypeError, ValueError):
         raise InvalidOption("cpus: expected a number of CPUs such as 1.5, got %r" % (value,)) from None
-    if cpus != cpus or cpus in (float("inf"), float("-inf")):
+    if math.isnan(cpus) or math.isinf(cpus):
         raise InvalidOption("cpus: expected a finite number, got %r" % (value,))
     if cpus < 0:
         raise InvalidOption("cpus: must not be negative (got %s); use 0 for no limit" % value)

@@ -90,7 +90,7 @@ def _rules(text, field=None):
         parts = line.split()
         if not parts or ":" not in parts[0]:
             continue
-        major, _, minor = parts[0].partition(":")
+        major, _sep, minor = parts[0].partition(":")
         if field is None:
             rate = _int(parts[1]) if len(parts) > 1 else None
         else:
