@@ -76,13 +76,14 @@ class CgroupTask:
     def _present(self, cgroup, limits, pids):
         before = self._state(cgroup)
         actions, changed_keys = [], []
-        if not before["exists"]:
+        if not cgroup.complete():
+            # Also when only some hierarchies have it: the missing ones are created.
             actions.append("Created cgroup %s" % cgroup.relpath)
-            if self.check_mode:
+            if not self.check_mode:
+                cgroup.create()
+            elif not before["exists"]:
                 # A new cgroup starts at the defaults (None), so every non-default value is a write.
                 changed_keys = [key for key in LIMIT_KEYS if limits.get(key) is not None]
-            else:
-                cgroup.create()
         if before["exists"] or not self.check_mode:
             if self.check_mode:
                 changed_keys = cgroup.changed_keys(limits)
@@ -111,7 +112,7 @@ class CgroupTask:
         return predicted
 
     def _absent(self, cgroup):
-        present = any(os.path.isdir(d) for d in cgroup.dirs())
+        present = cgroup.exists()
         before = {"exists": present, "limits": cgroup.read() if present else {},
                   "pids": cgroup.pids() if present else []}
         actions = []

@@ -187,6 +187,11 @@ class Cgroup:
         return seen
 
     def exists(self):
+        """True if the cgroup is in any hierarchy (a runtime may not have made it in all)."""
+        return any(os.path.isdir(d) for d in self.dirs())
+
+    def complete(self):
+        """True if the cgroup is in every hierarchy this host has; create() makes it so."""
         dirs = self.dirs()
         return bool(dirs) and all(os.path.isdir(d) for d in dirs)
 

@@ -65,8 +65,15 @@ def test_create_is_idempotent_and_remove_cleans_every_hierarchy(cgroup_parent):
     if cgroup.where("cpuset") == "v1":
         # A new v1 cpuset must not be empty, or no process could join it.
         assert _file(cgroup, "cpuset", "cpuset.cpus") and _file(cgroup, "cpuset", "cpuset.mems")
+    assert cgroup.complete()
+    if len(dirs) > 1:
+        # A cgroup missing from one hierarchy still exists, is not complete, and create() mends it.
+        os.rmdir(dirs[-1])
+        assert cgroup.exists() and not cgroup.complete()
+        assert cgroup.create() is True and cgroup.complete()
     assert cgroup.remove() is True
     assert not any(os.path.isdir(d) for d in dirs)
+    assert not cgroup.exists()
     assert cgroup.remove() is False
 
 
