@@ -146,3 +146,26 @@ def test_bad_input_fails_naming_the_option_before_anything_is_created(run_playbo
     assert res["result"]["error"] == "InvalidOption"
     for root in set(layout.v1.values()) | ({layout.unified} if layout.unified else set()):
         assert not os.path.exists(os.path.join(root, parent)), "nothing may be created on bad input"
+
+
+def test_documentation_renders_and_matches_the_argument_spec(collection_env):
+    """ansible-doc renders the module, and every option in argument_spec is documented with its type."""
+    import json
+    import shutil
+    import subprocess
+
+    from ansible_collections.intermodal.containers.plugins.modules.cgroup import argument_spec
+
+    proc = subprocess.run([shutil.which("ansible-doc") or "ansible-doc", "--json", "intermodal.containers.cgroup"],
+                          env=collection_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)["intermodal.containers.cgroup"]
+    options = doc["doc"]["options"]
+    spec = argument_spec()
+    assert set(options) == set(spec)
+    for name, entry in spec.items():
+        assert options[name]["type"] == entry["type"], name
+        assert options[name].get("default") == entry.get("default"), name
+        assert options[name].get("choices") == entry.get("choices"), name
+    assert set(doc["doc"]["attributes"]) == {"check_mode", "diff_mode", "idempotent"}
+    assert doc["examples"].strip() and set(doc["return"]) >= {"cgroup", "changed_limits", "actions", "diff"}
