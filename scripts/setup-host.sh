@@ -23,7 +23,7 @@ APT_PACKAGES=(
     python3 python3-venv python3-dev gcc git rsync ca-certificates
     docker-registry apache2-utils crun runc busybox-static debootstrap
     podman skopeo uidmap fuse-overlayfs iproute2 procps util-linux
-    xz-utils zstd e2fsprogs
+    xz-utils zstd e2fsprogs shellcheck
 )
 
 missing_packages() {
