@@ -349,3 +349,52 @@ def test_monitor_rss_within_budget(harness):
     for st in started:
         rss = vmrss_kib(st["monitor_pid"])
         assert rss <= RSS_BUDGET_KIB, "monitor %d uses %d KiB" % (st["monitor_pid"], rss)
+
+
+def test_install_works_from_an_ansiballz_style_zip(harness, tmp_path):
+    """Like AnsiballZ: module_utils imported from a zip that is deleted after the module exits."""
+    import zipfile
+    from ansible_collections.intermodal.containers.plugins.module_utils import _logs, _monitor
+    mu_dir = os.path.dirname(os.path.abspath(_monitor.__file__))
+    zpath = str(tmp_path / "ansiballz_payload.zip")
+    prefix = "ansible_collections/intermodal/containers/plugins/module_utils/"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for pkg in ("ansible_collections/", "ansible_collections/intermodal/", "ansible_collections/intermodal/containers/",
+                    "ansible_collections/intermodal/containers/plugins/", prefix):
+            z.writestr(pkg + "__init__.py", "")
+        for name in os.listdir(mu_dir):
+            if name.endswith(".py"):
+                z.write(os.path.join(mu_dir, name), prefix + name)
+    p = harness.paths("zipped")
+    code = (
+        "from ansible_collections.intermodal.containers.plugins.module_utils import _supervise\n"
+        "from ansible_collections.intermodal.containers.plugins.module_utils._container_paths import ContainerPaths\n"
+        "assert type(_supervise.__loader__).__name__ == 'zipimporter', _supervise.__loader__\n"
+        "st = _supervise.MonitorSupervisor(%r).start(ContainerPaths(%r, 'zipped'), None, {'restart_policy': 'always'},"
+        " argv=['/bin/sh', '-c', %r])\n"
+        "print(st['monitor_pid'])\n" % (harness.store, harness.store, LOOP))
+    run = subprocess.run([sys.executable, "-S", "-c", code], env={"PYTHONPATH": zpath, "PATH": os.environ["PATH"]},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr.decode()
+    os.unlink(zpath)   # AnsiballZ removes its payload
+    monitor = int(run.stdout)
+    assert process_alive(monitor)
+    (root,) = os.listdir(os.path.join(harness.store, "libexec"))
+    installed = os.path.join(harness.store, "libexec", root, *prefix.strip("/").split("/"))
+    for mod in (_monitor, _logs):
+        name = os.path.basename(mod.__file__)
+        with open(os.path.join(installed, name)) as a, open(os.path.join(mu_dir, name)) as b:
+            assert a.read() == b.read()
+    assert not os.path.exists(os.path.join(installed, "__init__.py"))   # namespace packages
+    pid = harness.status(p)["pid"]
+    os.kill(pid, signal.SIGKILL)   # still supervised with the zip gone
+    wait_for(lambda: (lambda s: s["pid"] not in (None, pid) and s)(harness.status(p)), "restart")
+
+
+def test_for_host_picks_the_monitor_without_systemd(harness):
+    from ansible_collections.intermodal.containers.plugins.module_utils._supervise import Supervisor
+    with open("/proc/1/comm") as f:
+        if f.read().strip() == "systemd":
+            pytest.skip("this host runs systemd as PID 1")
+    sup = Supervisor.for_host(harness.store)
+    assert sup.kind == "monitor"

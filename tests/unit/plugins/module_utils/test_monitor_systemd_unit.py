@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ansible_collections.intermodal.containers.plugins.module_utils._container_paths import ContainerPaths
 from ansible_collections.intermodal.containers.plugins.module_utils._monitor import normalize_policy
 from ansible_collections.intermodal.containers.plugins.module_utils._systemd import (
-    SupervisorError, delete_argv, render_unit, restart_settings, starts_at_boot, systemd_quote, _utc,
+    SupervisorError, SystemdSupervisor, delete_argv, render_unit, restart_settings, starts_at_boot, systemd_quote, _utc,
 )
 
 RUN = ["/usr/sbin/runc", "--root", "/run/intermodal/runc", "run", "--bundle",
@@ -112,3 +114,118 @@ def test_systemctl_timestamps_become_rfc3339():
     assert _utc("Sun 2026-11-29 07:00:01 UTC") == "2026-11-29T07:00:01Z"
     assert _utc("") is None
     assert _utc("n/a") is None
+
+
+# ---- SystemdSupervisor against a fake systemctl --------------------------------
+# This machine has no systemd as PID 1, so a real systemctl cannot answer here;
+# these tests fake it (a script that records its calls and prints canned
+# `show` output) to check which calls the supervisor makes. The real unit is
+# tested on a systemd-nspawn host.
+
+FAKE = """#!/bin/sh
+echo "$*" >> "{calls}"
+case "$1" in
+  --version) echo "systemd 252 (252.30-1~deb12u2)";;
+  show) cat "{show}" 2>/dev/null;;
+esac
+exit 0
+"""
+
+
+class FakeRuntime:
+    def run_argv(self, bundle, runtime_id, pid_file=None):
+        return ["/usr/sbin/runc", "--root", "/run/x", "run", "--bundle", bundle, "--pid-file", pid_file, runtime_id]
+
+
+@pytest.fixture
+def fake_systemd(tmp_path):
+    calls, show = tmp_path / "calls", tmp_path / "show"
+    script = tmp_path / "systemctl"
+    script.write_text(FAKE.format(calls=calls, show=show))
+    script.chmod(0o755)
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    sup = SystemdSupervisor(str(tmp_path / "store"), unit_dir=str(unit_dir), systemctl=str(script))
+    paths = ContainerPaths(str(tmp_path / "store"), "web")
+
+    def take_calls():
+        text = calls.read_text() if calls.exists() else ""
+        if calls.exists():
+            calls.unlink()
+        return [line for line in text.splitlines() if line != "--version" and not line.startswith("show")]
+
+    return sup, paths, take_calls, show, unit_dir
+
+
+def test_systemd_start_writes_unit_and_reloads_only_on_change(fake_systemd):
+    sup, paths, take_calls, show, unit_dir = fake_systemd
+    sup.start(paths, FakeRuntime(), {"restart_policy": "always"})
+    unit = (unit_dir / paths.unit_name).read_text()
+    assert "Restart=always" in unit and "--pid-file %s" % paths.pid_file in unit
+    assert take_calls() == ["daemon-reload", "enable " + paths.unit_name, "reset-failed " + paths.unit_name,
+                            "start " + paths.unit_name]
+    sup.start(paths, FakeRuntime(), {"restart_policy": "always"})
+    assert "daemon-reload" not in take_calls()
+
+
+def test_systemd_policy_change_is_live(fake_systemd):
+    sup, paths, take_calls, show, unit_dir = fake_systemd
+    sup.start(paths, FakeRuntime(), {"restart_policy": "always"})
+    take_calls()
+    assert sup.update_policy(paths, {"restart_policy": "on-failure:2", "stop_timeout": 3}) is True
+    unit = (unit_dir / paths.unit_name).read_text()
+    assert "Restart=on-failure" in unit and "StartLimitBurst=3" in unit and "TimeoutStopSec=3" in unit
+    calls = take_calls()
+    assert calls == ["daemon-reload", "disable " + paths.unit_name]   # no stop, start or restart
+    assert "ExecStart=/usr/sbin/runc --root /run/x run" in unit        # the command is kept
+
+
+def test_systemd_stop_of_unless_stopped_disables(fake_systemd):
+    sup, paths, take_calls, show, unit_dir = fake_systemd
+    sup.start(paths, FakeRuntime(), {"restart_policy": "unless-stopped"})
+    take_calls()
+    sup.stop(paths)
+    assert take_calls() == ["stop " + paths.unit_name, "disable " + paths.unit_name]
+
+
+def test_systemd_remove(fake_systemd):
+    sup, paths, take_calls, show, unit_dir = fake_systemd
+    sup.start(paths, FakeRuntime(), {})
+    take_calls()
+    sup.remove(paths)
+    assert not (unit_dir / paths.unit_name).exists()
+    assert take_calls() == ["stop " + paths.unit_name, "disable " + paths.unit_name, "daemon-reload",
+                            "reset-failed " + paths.unit_name]
+
+
+@pytest.mark.parametrize("props,expected", [
+    ("LoadState=not-found\nActiveState=inactive\n", {"status": "created", "exit_code": None}),
+    ("LoadState=loaded\nActiveState=inactive\nSubState=dead\nExecMainStartTimestamp=\n",
+     {"status": "created", "exit_code": None}),
+    ("LoadState=loaded\nActiveState=failed\nSubState=failed\nExecMainStartTimestamp=Sun 2026-11-29 07:00:01 UTC\n"
+     "ExecMainExitTimestamp=Sun 2026-11-29 07:00:09 UTC\nExecMainCode=2\nExecMainStatus=9\nNRestarts=3\n",
+     {"status": "exited", "exit_code": 137, "restart_count": 3, "started_at": "2026-11-29T07:00:01Z",
+      "finished_at": "2026-11-29T07:00:09Z"}),
+    ("LoadState=loaded\nActiveState=inactive\nSubState=dead\nExecMainStartTimestamp=Sun 2026-11-29 07:00:01 UTC\n"
+     "ExecMainCode=1\nExecMainStatus=0\n", {"status": "exited", "exit_code": 0}),
+    ("LoadState=loaded\nActiveState=activating\nSubState=auto-restart\nExecMainStartTimestamp=Sun 2026-11-29 07:00:01 UTC\n"
+     "ExecMainCode=1\nExecMainStatus=1\nNRestarts=1\n", {"status": "restarting", "exit_code": 1, "restart_count": 1}),
+])
+def test_systemd_status_mapping(fake_systemd, props, expected):
+    sup, paths, take_calls, show, unit_dir = fake_systemd
+    show.write_text(props)
+    st = sup.status(paths)
+    assert st["supervisor"] == "systemd"
+    for key, value in expected.items():
+        assert st[key] == value, key
+
+
+def test_systemd_status_running_reports_the_container_pid(fake_systemd):
+    sup, paths, take_calls, show, unit_dir = fake_systemd
+    os.makedirs(paths.dir)
+    with open(paths.pid_file, "w") as f:
+        f.write(str(os.getpid()))   # a live pid standing in for the container's init
+    show.write_text("LoadState=loaded\nActiveState=active\nSubState=running\nMainPID=1\n"
+                    "ExecMainStartTimestamp=Sun 2026-11-29 07:00:01 UTC\n")
+    st = sup.status(paths)
+    assert (st["status"], st["pid"], st["exit_code"]) == ("running", os.getpid(), None)
