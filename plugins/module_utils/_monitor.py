@@ -334,6 +334,7 @@ class Monitor:
             "pid": None,
             "runtime_pid": None,
             "runtime_starttime": None,
+            "pid_starttime": None,
             "monitor_pid": self.pid,
             "monitor_starttime": process_starttime(self.pid),
             "started_at": None,
@@ -458,8 +459,10 @@ class Monitor:
             os.set_blocking(fd, False)
             self._fds[fd] = LineFramer(stream, self._sink)
         self._started_mono = time.monotonic()
+        start = process_starttime(self._child)
         self._save(status="running", pid=None if pid_file else self._child, runtime_pid=self._child,
-                   runtime_starttime=process_starttime(self._child), started_at=rfc3339_now(), error=None)
+                   pid_starttime=None if pid_file else start, runtime_starttime=start,
+                   started_at=rfc3339_now(), error=None)
 
     def _drain(self, fd, until_eof=False):
         framer = self._fds.get(fd)
@@ -550,7 +553,7 @@ class Monitor:
         except FileNotFoundError:
             return
         if text.isdigit():
-            self._save(pid=int(text))
+            self._save(pid=int(text), pid_starttime=process_starttime(int(text)))
 
     def _wait_backoff(self, delay):
         """Sleep before a restart; False if a stop (or a policy change) cancelled it."""

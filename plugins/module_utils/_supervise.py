@@ -269,6 +269,9 @@ class MonitorSupervisor(Supervisor):
                 out[key] = state[key]
         monitor = self._monitor_pid(paths, state)
         out["monitor_pid"] = monitor
+        if out["pid"] and state.get("pid_starttime") is not None \
+                and process_starttime(out["pid"]) != state["pid_starttime"]:
+            out["pid"] = None  # that pid now belongs to another process (e.g. after a reboot)
         if out["status"] in ("running", "restarting") and monitor is None:
             # The monitor died without recording an end: say so.
             if out["pid"] and process_alive(out["pid"]):
@@ -278,7 +281,7 @@ class MonitorSupervisor(Supervisor):
                 out.update(status="exited", pid=None, exit_code=None,
                            error="the monitor process %s died; the container's exit code is unknown"
                            % state.get("monitor_pid"))
-        elif out["status"] == "running" and out["pid"] and not process_alive(out["pid"]):
+        elif out["status"] == "running" and state.get("pid") and not (out["pid"] and process_alive(out["pid"])):
             out["status"] = "restarting"  # exited a moment ago; the monitor is about to record it
         return out
 

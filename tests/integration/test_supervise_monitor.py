@@ -398,3 +398,16 @@ def test_for_host_picks_the_monitor_without_systemd(harness):
             pytest.skip("this host runs systemd as PID 1")
     sup = Supervisor.for_host(harness.store)
     assert sup.kind == "monitor"
+
+
+def test_status_does_not_mistake_a_reused_pid_for_the_container(harness):
+    """After a reboot the recorded pid may belong to another process: its start time tells."""
+    from ansible_collections.intermodal.containers.plugins.module_utils._monitor import write_json_atomic
+    p, st = harness.start("reused", {"restart_policy": "always"}, sh(LOOP))
+    kill_group_and_wait(st["monitor_pid"])
+    rec = harness.record(p)
+    assert rec["pid_starttime"] is not None
+    write_json_atomic(os.path.join(p.dir, "monitor.json"), dict(rec, pid_starttime=rec["pid_starttime"] - 1))
+    now = harness.status(p)
+    assert (now["status"], now["pid"]) == ("exited", None)
+    assert "died" in now["error"]

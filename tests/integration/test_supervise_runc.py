@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from tests.integration.test_supervise_monitor import (  # noqa: F401 (shared helpers)
-    RSS_BUDGET_KIB, Harness, kill_group_and_wait, monitor_gone, vmrss_kib, wait_for,
+    RSS_BUDGET_KIB, Harness, monitor_gone, vmrss_kib, wait_for,
 )
 
 from ansible_collections.intermodal.containers.plugins.module_utils._monitor import process_alive, process_state
