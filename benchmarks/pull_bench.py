@@ -1,30 +1,17 @@
 #!/usr/bin/env python3
 """Pull benchmark: intermodal.containers against podman, skopeo and the physical floors.
 
-Run as root from the repository root:
+Run as root from the repository root (see benchmarks/README.md and docs/performance.md):
 
-    python benchmarks/pull_bench.py [--runs N] [--json out.json] [--workdir DIR]
+    python benchmarks/pull_bench.py [--runs N] [--json out.json] [--fs loop|disk|tmpfs] [--profile]
 
 It starts its own docker-registry on 127.0.0.1, publishes the Debian test image
-(debootstrap minbase + a delta layer: 2 gzip layers) with the collection's own
-import/push code, then times, in one process and side by side:
-
-* ours cold   ImageService(fresh store).pull(ref), in-process, and the same
-              through the real module process (python plugins/modules/image.py)
-* ours warm   pull=always on a stored image: remote_digest + compare (the
-              registry access log must show exactly one HEAD)
-* podman      pull into fresh temp storage (overlay), then a second pull
-* skopeo      copy docker:// -> dir: (download, no unpack)
-* floors      sequential GETs with requests, gunzip+sha256 in-process,
-              GNU tar -x of the uncompressed layers (+ one sync)
-
-Timing is wall clock (time.perf_counter). The page cache cannot be dropped
-here (/proc/sys/vm/drop_caches is not writable), so "cold" means "not in the
-tool's store", with the registry's blobs in the page cache: the network is
-loopback, the disk is what it is. Each timed run is preceded by ``sync`` so
-dirty pages from the previous run are not flushed on its clock.
-
-This is a script, not a test: it asserts nothing about time.
+(minbase + a delta layer, 2 gzip layers) with the collection's own code, and
+times, round after round and in fresh storage: our pull in-process and through
+the module process, our pull=always check (one HEAD), podman pull cold and
+warm, skopeo copy (no unpack), and the floors (plain GETs, gunzip + sha256,
+GNU tar -x). The page cache cannot be dropped here, so "cold" means "not in
+this tool's store". A script, not a test: it asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -36,6 +23,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,20 +63,26 @@ _ensure_collection_path()
 
 # pylint: disable=wrong-import-position
 from ansible_collections.intermodal.containers.plugins.module_utils import _streams  # noqa: E402
-from ansible_collections.intermodal.containers.plugins.module_utils._image_import import (  # noqa: E402
-    apply_import,
-    plan_import,
-)
 from ansible_collections.intermodal.containers.plugins.module_utils._images import ImageService  # noqa: E402
 from ansible_collections.intermodal.containers.plugins.module_utils._manifest import chain_ids  # noqa: E402
 from ansible_collections.intermodal.containers.plugins.module_utils._reference import parse_reference  # noqa: E402
+from tests.integration.fixtures_images import publish  # noqa: E402
 from tests.lib.registry import Registry  # noqa: E402
+from tests.lib.rootfs import _unmount_all_under as unmount_all_under  # noqa: E402
 from tests.lib.rootfs import build_debian_delta_layer, build_debian_minbase  # noqa: E402
 
 BASE_NAME = "debian/minbase:bookworm"
 TOP_NAME = "debian/delta:1"
 BASE_CONFIG = {"cmd": ["/bin/bash"], "env": {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}}
 MODULE = os.path.join(REPO_ROOT, "plugins", "modules", "image.py")
+ROWS = (("ours_cold", "ours cold (ImageService.pull, in-process)"),
+        ("ours_module_cold", "ours cold (module process)"),
+        ("ours_module_noop", "ours module no-op (start-up, present)"),
+        ("ours_warm", "ours warm (pull=always: HEAD + compare)"),
+        ("ours_module_warm", "ours warm (module process, pull=always)"),
+        ("podman_cold", "podman pull cold"),
+        ("podman_warm", "podman pull warm (second pull)"),
+        ("skopeo_cold", "skopeo copy -> dir: (no unpack)"))
 
 
 # ---- helpers ----------------------------------------------------------------
@@ -135,28 +129,8 @@ def run(cmd, env=None, check=True):
     return proc
 
 
-def mounts_under(path):
-    path = os.path.realpath(path)
-    found = []
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            mnt = line.split()[4].encode().decode("unicode_escape")
-            if mnt == path or mnt.startswith(path + "/"):
-                found.append(mnt)
-    return found
-
-
-def unmount_all_under(path):
-    """podman's overlay driver bind-mounts its graphroot/overlay onto itself: undo that first."""
-    for mnt in sorted(mounts_under(path), key=len, reverse=True):
-        if subprocess.run(["umount", mnt], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", mnt], capture_output=True)
-    left = mounts_under(path)
-    if left:
-        raise RuntimeError("could not unmount %s; not deleting %s" % (left, path))
-
-
 def remove(path):
+    """Unmount what is under path (podman's overlay mounts its graphroot on itself; loop, tmpfs) and delete."""
     if os.path.lexists(path):
         unmount_all_under(path)
         shutil.rmtree(path, ignore_errors=True)
@@ -170,23 +144,6 @@ def stats(values):
 
 
 # ---- the image ----------------------------------------------------------------
-
-def publish(store_root, name, tar, base=None, config=None):
-    """Import ``tar`` (on ``base``) and push it with the collection's core (fixtures_images.publish)."""
-    service = ImageService(store_root)
-    try:
-        ref = parse_reference(name)
-        base_info = None
-        if base is not None:
-            record = service.record(parse_reference(base))
-            base_info = (record, service.manifest_of(record), service.config_of(record))
-        plan = plan_import(tar, config, None, base=base_info)
-        record = apply_import(service, ref, plan)
-        service.push(ref, record)
-        return record
-    finally:
-        service.close()
-
 
 def publish_image(work, registry):
     minbase = build_debian_minbase()
@@ -347,29 +304,27 @@ def floor_decompress(blobs, image, out_dir):
     """sha256 of each compressed layer, gunzip, sha256 of the output (the diff_id): one core, in memory."""
     zmod = _streams._zlib_module()[0]  # pylint: disable=protected-access
     parts = {"sha256_compressed": 0.0, "gunzip": 0.0, "sha256_uncompressed": 0.0}
-    tars = []
-    uncompressed = 0
+    tars, uncompressed = [], 0
+
+    def clock(key, fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        parts[key] += time.perf_counter() - start
+        return out
+
+    def gunzip(data):
+        obj, view, step = zmod.decompressobj(31), memoryview(data), 1024 * 1024
+        return b"".join(obj.decompress(view[i:i + step]) for i in range(0, len(data), step))
+
     for i, layer in enumerate(image["layers"]):
         data = blobs[layer["digest"]]
-        start = time.perf_counter()
-        hashlib.sha256(data).hexdigest()
-        parts["sha256_compressed"] += time.perf_counter() - start
-        start = time.perf_counter()
-        out = []
-        obj = zmod.decompressobj(31)
-        view = memoryview(data)
-        for offset in range(0, len(data), 1024 * 1024):
-            out.append(obj.decompress(view[offset:offset + 1024 * 1024]))
-        raw = b"".join(out)
-        parts["gunzip"] += time.perf_counter() - start
-        start = time.perf_counter()
-        hashlib.sha256(raw).hexdigest()
-        parts["sha256_uncompressed"] += time.perf_counter() - start
+        clock("sha256_compressed", lambda d: hashlib.sha256(d).hexdigest(), data)
+        raw = clock("gunzip", gunzip, data)
+        clock("sha256_uncompressed", lambda d: hashlib.sha256(d).hexdigest(), raw)
         uncompressed += len(raw)
-        path = os.path.join(out_dir, "layer%d.tar" % i)
-        with open(path, "wb") as handle:
+        tars.append(os.path.join(out_dir, "layer%d.tar" % i))
+        with open(tars[-1], "wb") as handle:
             handle.write(raw)
-        tars.append(path)
     parts["total"] = sum(parts.values())
     return parts, tars, uncompressed
 
@@ -395,34 +350,28 @@ def floor_tar_extract(tars, dest_root):
 # The first frame, walking from the sampled one towards the thread's root, that
 # names a function here decides the bucket; unpacker frames not listed fall back
 # to their file (the unpacker is another helper's and its functions change).
-PROFILE_BUCKETS = (
-    ("syncfs", "syncfs before the layer rename"),
-    ("BlobIngest.commit", "fsync + rename of the blob"),
-    ("_GzipDecoder.decode", "gunzip"),
-    ("DecompressingReader._emit", "sha256 of the tar (diff_id)"),
-    ("BlobIngest.write", "blob copy: write + sha256"),
-    ("BlobReader._next_chunk", "receive + sha256 (BlobReader)"),
-    ("BlobReader.read", "receive + sha256 (BlobReader)"),
-    ("HashingReader.read", "sha256 of the blob (HashingReader)"),
-    ("DecompressingReader.read", "tar: take decoded chunks"),
-    ("TarReader.copy_to", "files: write data"),
-    ("TarReader.next", "tar: header parsing"),
-    ("_Applier.create", "files: create inode"),
-    ("resolve_dir", "files: resolve parent (openat2)"),
-    ("_Applier.set_metadata", "files: chown/chmod/xattrs"),
-    ("_Applier.set_dir_metadata", "files: chown/chmod/xattrs"),
-    ("_Applier.make_dir", "files: mkdir"),
-    ("_Applier.finish", "files: directory modes and times"),
-    ("inherit_parent_metadata", "implied directories"),
-    ("RegistryClient.resolve", "HEAD, manifest, config, scheme probe"),
-    ("RegistryClient.get_manifest", "HEAD, manifest, config, scheme probe"),
-    ("ImageService._fetch_small_blob", "HEAD, manifest, config, scheme probe"),
-)
-PROFILE_FILE_BUCKETS = (
-    ("_unpack_tar.py", "tar: other"),
-    ("_unpack_paths.py", "files: other"),
-    ("_unpack.py", "files: other"),
-)
+PROFILE_BUCKETS = {
+    "syncfs before the layer rename": ("syncfs",),
+    "fsync + rename of the blob": ("BlobIngest.commit",),
+    "gunzip": ("_GzipDecoder.decode",),
+    "blob copy: write + sha256": ("BlobIngest.write",),
+    "receive + sha256 (BlobReader)": ("BlobReader._next_chunk", "BlobReader.read"),
+    "sha256 of the blob (HashingReader)": ("HashingReader.read",),
+    "tar: take decoded chunks + sha256 (diff_id)": ("DecompressingReader.read",),
+    "tar: header parsing": ("TarReader.next",),
+    "files: write data": ("TarReader.copy_to",),
+    "files: create inode": ("_Applier.create",),
+    "files: resolve parent (openat2)": ("resolve_dir",),
+    "files: chown/chmod/xattrs": ("_Applier.set_metadata", "_Applier.set_dir_metadata"),
+    "files: mkdir": ("_Applier.make_dir",),
+    "files: directory modes and times": ("_Applier.finish",),
+    "implied directories": ("inherit_parent_metadata",),
+    "HEAD, manifest, config, scheme probe": ("RegistryClient.resolve", "RegistryClient.get_manifest",
+                                             "ImageService._fetch_small_blob"),
+}
+PROFILE_FILE_BUCKETS = {"_unpack_tar.py": "tar: other", "_unpack_paths.py": "files: other",
+                        "_unpack.py": "files: other"}
+_BUCKET_OF = {fn: bucket for bucket, fns in PROFILE_BUCKETS.items() for fn in fns}
 
 
 def _bucket(frames):
@@ -435,13 +384,11 @@ def _bucket(frames):
             return "wait for the parent layer"
         return "wait for the layer threads"
     for fn, _ in reversed(frames):
-        for frame, bucket in PROFILE_BUCKETS:
-            if frame == fn:
-                return bucket
+        if fn in _BUCKET_OF:
+            return _BUCKET_OF[fn]
     for _, path in reversed(frames):
-        for name, bucket in PROFILE_FILE_BUCKETS:
-            if path == name:
-                return bucket
+        if path in PROFILE_FILE_BUCKETS:
+            return PROFILE_FILE_BUCKETS[path]
     return "other"
 
 
@@ -449,16 +396,20 @@ def profile_pull(base, ref_text, rate=250):
     """One more cold pull under ``py-spy record --threads --idle``; seconds per thread and bucket."""
     raw = os.path.join(base, "profile.raw")
     store = os.path.join(base, "ours-profiled")
-    spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "-o", raw, "--format", "raw",
-                            "--threads", "--idle", "--nonblocking", "-r", str(rate)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        time.sleep(1.0)  # py-spy attaches asynchronously
-        seconds, _ = ours_pull(store, ref_text)
-        time.sleep(0.3)
-    finally:
-        spy.send_signal(2)
-        spy.wait(timeout=30)
+    with open(raw + ".log", "wb") as spy_log:
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "-o", raw, "--format", "raw",
+                                "--threads", "--idle", "--nonblocking", "-r", str(rate)],
+                               stdout=spy_log, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(1.0)  # py-spy attaches asynchronously
+            seconds, _ = ours_pull(store, ref_text)
+            time.sleep(0.3)
+        finally:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
+    if not os.path.exists(raw):
+        with open(raw + ".log") as handle:
+            raise RuntimeError("py-spy wrote no profile:\n" + handle.read()[-2000:])
     threads = {}
     with open(raw) as handle:
         for line in handle:
@@ -509,7 +460,8 @@ def print_report(res):
     m, img = res["machine"], res["image"]
     print()
     print("machine: %d CPUs, kernel %s, Python %s, gzip backend %s, stores on %s, load average after %s"
-          % (m["cpus"], m["kernel"], m["python"], m["gzip_backend"], m["workdir_fs"], " ".join("%.2f" % x for x in m["loadavg_after"])))
+          % (m["cpus"], m["kernel"], m["python"], m["gzip_backend"], m["workdir_fs"],
+             " ".join("%.2f" % x for x in m["loadavg_after"])))
     print("tools:   %s; %s; %s" % (m["podman"], m["skopeo"], m["tar"]))
     print("image:   %s, %d layers, %.1f MiB compressed, %.1f MiB uncompressed tar, %d tar entries"
           % (res["ref"], len(img["layers"]), img["compressed"] / 2 ** 20,
@@ -519,14 +471,7 @@ def print_report(res):
           % (res["runs"], res["fs"]))
     print()
     print("%-42s %8s %8s %8s" % ("tool", "median", "min", "cpu"))
-    for key, label in (("ours_cold", "ours cold (ImageService.pull, in-process)"),
-                       ("ours_module_cold", "ours cold (module process)"),
-                       ("ours_module_noop", "ours module no-op (start-up, present)"),
-                       ("ours_warm", "ours warm (pull=always: HEAD + compare)"),
-                       ("ours_module_warm", "ours warm (module process, pull=always)"),
-                       ("podman_cold", "podman pull cold"),
-                       ("podman_warm", "podman pull warm (second pull)"),
-                       ("skopeo_cold", "skopeo copy -> dir: (no unpack)")):
+    for key, label in ROWS:
         print("%-42s %s" % (label, fmt(res["timings"].get(key), res["cpu"].get(key))))
     fl = res["floors"]
     print()
@@ -556,20 +501,16 @@ def print_report(res):
 
 
 def ratios(timings, floors):
-    def med(key):
-        entry = timings.get(key)
-        return entry["median"] if entry else None
+    med = {key: entry["median"] for key, entry in timings.items() if entry}
     out = {}
-    pairs = (("ours/podman cold (target <= 0.80)", "ours_cold", "podman_cold"),
-             ("ours module/podman cold", "ours_module_cold", "podman_cold"),
-             ("ours/skopeo cold", "ours_cold", "skopeo_cold"),
-             ("ours warm/podman warm", "ours_warm", "podman_warm"),
-             ("ours module warm/podman warm", "ours_module_warm", "podman_warm"))
-    for label, ours, theirs in pairs:
-        if med(ours) and med(theirs):
-            out[label] = med(ours) / med(theirs)
-    if med("ours_cold"):
-        out["ours cold / sum of floors"] = med("ours_cold") / floors["sum"]
+    for label, ours, theirs in (("ours/podman cold (target <= 0.80)", "ours_cold", "podman_cold"),
+                                ("ours module/podman cold", "ours_module_cold", "podman_cold"),
+                                ("ours/skopeo cold", "ours_cold", "skopeo_cold"),
+                                ("ours warm/podman warm", "ours_warm", "podman_warm"),
+                                ("ours module warm/podman warm", "ours_module_warm", "podman_warm")):
+        if med.get(ours) and med.get(theirs):
+            out[label] = med[ours] / med[theirs]
+    out["ours cold / sum of floors"] = med["ours_cold"] / floors["sum"]
     return out
 
 
@@ -581,8 +522,7 @@ def bench(args, work, base):
     try:
         log("registry on %s; publishing the Debian test image" % registry.host)
         ref_text = publish_image(base, registry)
-        timings = {key: [] for key in ("ours_cold", "ours_module_cold", "ours_module_noop", "ours_warm",
-                                       "ours_module_warm", "podman_cold", "podman_warm", "skopeo_cold")}
+        timings = {key: [] for key, _ in ROWS}
         floors = {"download": [], "decompress": [], "tar_extract": [], "tar_sync": []}
         cpu = {key: [] for key in timings}
 
@@ -689,7 +629,8 @@ def main(argv=None):
         parser.error("run as root (layers hold root-owned files and whiteout devices; podman needs it)")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    for tool in ("podman", "skopeo", "tar") + (("py-spy",) if args.profile else ()):
+    for tool in ("podman", "skopeo", "tar") + (("py-spy",) if args.profile else ()) + (
+            ("mkfs.ext4",) if args.fs == "loop" else ()):
         if shutil.which(tool) is None:
             parser.error("%s is not installed" % tool)
     work = tempfile.mkdtemp(prefix="pull-bench-", dir=args.workdir)
