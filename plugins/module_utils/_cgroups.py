@@ -216,7 +216,7 @@ class Cgroup:
                 except OSError as exc:
                     raise CgroupError("cannot create cgroup %s: %s" % (current, exc.strerror))
                 created = True
-                if version == "v1" and os.path.basename(base) and self._is_v1_cpuset(base):
+                if version == "v1" and self._is_v1_cpuset(base):
                     self._init_cpuset(parent, current)
         return created
 
