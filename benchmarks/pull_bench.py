@@ -27,6 +27,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -329,6 +330,19 @@ def floor_decompress(blobs, image, out_dir):
     return parts, tars, uncompressed
 
 
+def entry_kinds(tars):
+    """How many files, directories, links... the layer tars hold (whiteouts count as files)."""
+    names = {tarfile.REGTYPE: "files", tarfile.AREGTYPE: "files", tarfile.DIRTYPE: "dirs",
+             tarfile.SYMTYPE: "symlinks", tarfile.LNKTYPE: "hardlinks"}
+    kinds = {}
+    for path in tars:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                kind = names.get(member.type, "other")
+                kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
 def floor_tar_extract(tars, dest_root):
     """GNU tar -x of each uncompressed layer into its own dir, then one sync; returns (tar, sync) seconds."""
     os.makedirs(dest_root, exist_ok=True)
@@ -463,9 +477,9 @@ def print_report(res):
           % (m["cpus"], m["kernel"], m["python"], m["gzip_backend"], m["workdir_fs"],
              " ".join("%.2f" % x for x in m["loadavg_after"])))
     print("tools:   %s; %s; %s" % (m["podman"], m["skopeo"], m["tar"]))
-    print("image:   %s, %d layers, %.1f MiB compressed, %.1f MiB uncompressed tar, %d tar entries"
-          % (res["ref"], len(img["layers"]), img["compressed"] / 2 ** 20,
-             img["uncompressed"] / 2 ** 20, img["entries"]))
+    print("image:   %s, %d layers, %.1f MiB compressed, %.1f MiB uncompressed tar, %d tar entries (%s)"
+          % (res["ref"], len(img["layers"]), img["compressed"] / 2 ** 20, img["uncompressed"] / 2 ** 20,
+             img["entries"], ", ".join("%d %s" % (n, k) for k, n in sorted(img["kinds"].items()))))
     print("runs:    %d each (median / min wall seconds, median user+sys CPU seconds), stores on --fs %s;\n"
           "         page cache not dropped (not permitted here)"
           % (res["runs"], res["fs"]))
@@ -491,11 +505,14 @@ def print_report(res):
     print()
     for key, value in res["ratios"].items():
         print("%-40s %6.2f" % (key, value))
-    warm = res["warm_requests"]
     print()
-    print("ours warm registry requests: %d (%s) -> %s"
-          % (len(warm), ", ".join("%s %s" % (r["method"], r["path"]) for r in warm),
-             "OK: exactly one HEAD" if [r["method"] for r in warm] == ["HEAD"] else "UNEXPECTED"))
+    for label, key in (("in-process", "warm_requests"), ("module process", "module_warm_requests")):
+        warm = res[key]
+        print("ours warm (%s) registry requests: %d (%s) -> %s"
+              % (label, len(warm), ", ".join("%s %s" % (r["method"], r["path"]) for r in warm),
+                 "OK: exactly one HEAD" if [r["method"] for r in warm] == ["HEAD"] else "UNEXPECTED"))
+    print("podman warm registry requests: %d (%s)" % (len(res["podman_warm_requests"]), ", ".join(
+        "%s %s %d" % (r["method"], r["path"], r["status"]) for r in res["podman_warm_requests"])))
     if res.get("profile"):
         print_profile(res["profile"])
 
@@ -529,7 +546,7 @@ def bench(args, work, base):
         def record(key, seconds):
             timings[key].append(seconds)
             cpu[key].append(timed.cpu)
-        warm_requests = None
+        warm_requests = module_warm_requests = podman_warm_requests = None
         image = None
         podman = Podman(work, registry.host)
         decompress_parts = None
@@ -551,7 +568,9 @@ def bench(args, work, base):
             store = os.path.join(base, "ours-module-%d" % i)
             record("ours_module_cold", module_run(work, store, ref_text)[0])
             record("ours_module_noop", module_run(work, store, ref_text)[0])
+            registry.clear_log()
             seconds, result = module_run(work, store, ref_text, pull="always")
+            module_warm_requests = registry.requests_log()
             if result.get("changed"):
                 raise RuntimeError("pull=always on an unchanged image reported a change")
             record("ours_module_warm", seconds)
@@ -560,7 +579,9 @@ def bench(args, work, base):
             root = os.path.join(base, "podman-%d" % i)
             env = podman.prepare(root)
             record("podman_cold", podman.pull(root, env, ref_text))
+            registry.clear_log()
             record("podman_warm", podman.pull(root, env, ref_text))
+            podman_warm_requests = registry.requests_log()
 
             log("run %d/%d: skopeo" % (i + 1, args.runs))
             dest = os.path.join(base, "skopeo-%d" % i)
@@ -577,6 +598,7 @@ def bench(args, work, base):
             if decompress_parts is None or parts["total"] < decompress_parts["total"]:
                 decompress_parts = parts
             image["uncompressed"] = uncompressed
+            image.setdefault("kinds", entry_kinds(tars))
             extract, flushed = floor_tar_extract(tars, os.path.join(base, "floor-x-%d" % i))
             floors["tar_extract"].append(extract)
             floors["tar_sync"].append(flushed)
@@ -591,7 +613,8 @@ def bench(args, work, base):
     floor_stats["sum"] = sum(floor_stats[k]["median"] for k in ("download", "decompress", "tar_extract", "tar_sync"))
     return {"ref": ref_text, "runs": args.runs, "fs": args.fs, "machine": machine_facts(base), "image": image,
             "timings": timings, "cpu": cpu, "floors": floor_stats, "ratios": ratios(timings, floor_stats),
-            "warm_requests": warm_requests, "profile": profile}
+            "warm_requests": warm_requests, "module_warm_requests": module_warm_requests,
+            "podman_warm_requests": podman_warm_requests, "profile": profile}
 
 
 def make_base(work, kind, runs):
