@@ -9,12 +9,14 @@
 # ~/.ansible/test/venv (--venv --requirements), so a re-run is quick.
 #
 # Usage: scripts/sanity.sh [extra ansible-test sanity args, e.g. --test pep8]
-# Env:   SANITY_PYTHON (default 3.11), KEEP_SANITY_TREE=1 to keep the copy.
+# Env:   SANITY_PYTHON=3.11 to test one Python only (default: every supported
+#        version installed), KEEP_SANITY_TREE=1 to keep the copy.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
-PY="${SANITY_PYTHON:-3.11}"
+# Empty: every supported Python found (compile/import per version).
+PY="${SANITY_PYTHON:-}"
 
 if [ ! -x "$VENV/bin/ansible-test" ]; then
     echo "sanity.sh: $VENV/bin/ansible-test missing; run scripts/setup-host.sh" >&2
@@ -80,10 +82,23 @@ mkdir -p "$TREE"
 
 cd "$TREE"
 export ANSIBLE_COLLECTIONS_PATH="$WORK"
-# ansible-test looks for its own python on PATH.
-export PATH="$VENV/bin:$PATH"
+# The multi-version tests (compile, import) look for pythonX.Y on PATH. pyenv
+# shims refuse versions that are not active, so link each installed pyenv
+# interpreter by its pythonX.Y name into a directory put first on PATH. A
+# version not installed at all is skipped by ansible-test with a warning.
+mkdir -p "$WORK/bin"
+for exe in "$HOME"/.pyenv/versions/3.*/bin/python3.[0-9] "$HOME"/.pyenv/versions/3.*/bin/python3.[0-9][0-9]; do
+    if [ -x "$exe" ] && [ ! -e "$WORK/bin/${exe##*/}" ]; then
+        ln -s "$exe" "$WORK/bin/${exe##*/}"
+    fi
+done
+export PATH="$VENV/bin:$WORK/bin:$PATH"
+py_args=()
+if [ -n "$PY" ]; then
+    py_args=(--python "$PY")
+fi
 set +e
-"$VENV/bin/ansible-test" sanity --venv --requirements --python "$PY" --color no "$@"
+"$VENV/bin/ansible-test" sanity --venv --requirements "${py_args[@]}" --color no "$@"
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then
