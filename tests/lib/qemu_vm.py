@@ -133,7 +133,26 @@ def _configure_guest(root):
           "linux-image-amd64"], "installing the guest kernel", env=env)
     _run(["chroot", root, "systemctl", "enable"] + _ENABLE, "enabling guest units")
     _run(["chroot", root, "systemctl", "mask"] + _MASK, "masking guest units")
-    # Slim: downloaded .debs and apt lists are not needed inside the VM.
+    _slim(root)
+
+
+# Kernel modules no VM test loads (half of the image's size), docs, and the
+# downloaded .debs and apt lists.
+_SLIM_TREES = ["usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info"]
+_SLIM_MODULE_TREES = ["drivers/gpu", "drivers/media", "drivers/net/wireless", "drivers/infiniband",
+                      "drivers/staging", "drivers/bluetooth", "drivers/iio", "drivers/hid",
+                      "drivers/usb", "drivers/input", "drivers/scsi", "drivers/net/ethernet",
+                      "sound", "net/wireless", "net/mac80211", "net/bluetooth"]
+
+
+def _slim(root):
+    for rel in _SLIM_TREES:
+        shutil.rmtree(os.path.join(root, rel), ignore_errors=True)
+    modules = os.path.join(root, "lib", "modules")
+    for version in os.listdir(modules):
+        for rel in _SLIM_MODULE_TREES:
+            shutil.rmtree(os.path.join(modules, version, "kernel", rel), ignore_errors=True)
+        _run(["chroot", root, "depmod", "-a", version], "depmod")
     for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
         base = os.path.join(root, sub)
         for name in os.listdir(base):
