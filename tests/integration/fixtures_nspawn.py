@@ -6,6 +6,8 @@
 - fleet_playbook: run a playbook (YAML text) against the fleet with
   ansible-playbook from inside the fleet's network namespace, using this
   checkout's collection; returns a FleetPlaybookResult.
+- fleet_playbook_runner(fleet, workdir): the same runner, for fixtures of a
+  wider scope than a test.
 
 Import the fixtures into a test module with
 `from tests.integration.fixtures_nspawn import nspawn_fleet, fleet_playbook`.
@@ -68,21 +70,23 @@ class FleetPlaybookResult:
         raise KeyError("no task %r ran; tasks: %s" % (name, [t["name"] for t in self.tasks]))
 
 
-@pytest.fixture
-def fleet_playbook(nspawn_fleet, tmp_path):
-    """fleet_playbook(yaml_text, extra_vars=None, expect_failure=False, limit=None)."""
-    home = tmp_path / "ansible"
+def fleet_playbook_runner(fleet, workdir):
+    """run(yaml_text, extra_vars=None, expect_failure=False, limit=None) ->
+    FleetPlaybookResult, for ansible-playbook runs against `fleet` that keep
+    their files (playbooks, results, Ansible's home) under `workdir`."""
+    workdir = str(workdir)
+    home = os.path.join(workdir, "ansible")
     for sub in ("local", "home", "cp"):
-        (home / sub).mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.join(home, sub), exist_ok=True)
     env = dict(os.environ)
     env.update({
         "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS_DIR,
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_LOCAL_TEMP": str(home / "local"),
-        "ANSIBLE_HOME": str(home / "home"),
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(home / "cp"),
+        "ANSIBLE_LOCAL_TEMP": os.path.join(home, "local"),
+        "ANSIBLE_HOME": os.path.join(home, "home"),
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(home, "cp"),
         "ANSIBLE_CALLBACK_PLUGINS": CALLBACK_DIR,
         "ANSIBLE_CALLBACKS_ENABLED": "jsonl_results",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
@@ -93,27 +97,36 @@ def fleet_playbook(nspawn_fleet, tmp_path):
     def run(playbook, extra_vars=None, expect_failure=False, limit=None, timeout=600):
         counter["n"] += 1
         n = counter["n"]
-        path = tmp_path / ("playbook-%d.yml" % n)
-        path.write_text(playbook)
-        results = tmp_path / ("results-%d.jsonl" % n)
+        path = os.path.join(workdir, "playbook-%d.yml" % n)
+        with open(path, "w") as f:
+            f.write(playbook)
+        results = os.path.join(workdir, "results-%d.jsonl" % n)
         args = []
         if extra_vars:
-            vars_path = tmp_path / ("vars-%d.json" % n)
-            vars_path.write_text(json.dumps(extra_vars))
-            args += ["-e", "@%s" % vars_path]
-        cmd = nspawn_fleet.ansible_playbook_cmd(str(path), *args, limit=limit)
-        proc = subprocess.run(cmd, env=dict(env, INTERMODAL_JSONL_RESULTS=str(results)),
-                              cwd=str(tmp_path), capture_output=True, text=True,
+            vars_path = os.path.join(workdir, "vars-%d.json" % n)
+            with open(vars_path, "w") as f:
+                json.dump(extra_vars, f)
+            args += ["-e", "@" + vars_path]
+        cmd = fleet.ansible_playbook_cmd(path, *args, limit=limit)
+        proc = subprocess.run(cmd, env=dict(env, INTERMODAL_JSONL_RESULTS=results),
+                              cwd=workdir, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
         records = []
-        if results.exists():
-            records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        if os.path.exists(results):
+            with open(results) as f:
+                records = [json.loads(line) for line in f if line.strip()]
         result = FleetPlaybookResult(proc, records)
         if expect_failure and proc.returncode == 0:
-            pytest.fail("playbook %d succeeded but was expected to fail:\n%s" % (n, proc.stdout))
+            pytest.fail("playbook %s succeeded but was expected to fail:\n%s" % (path, proc.stdout))
         if not expect_failure and proc.returncode != 0:
-            pytest.fail("playbook %d failed (rc=%d):\nSTDOUT:\n%s\nSTDERR:\n%s"
-                        % (n, proc.returncode, proc.stdout[-8000:], proc.stderr[-4000:]))
+            pytest.fail("playbook %s failed (rc=%d):\nSTDOUT:\n%s\nSTDERR:\n%s"
+                        % (path, proc.returncode, proc.stdout[-8000:], proc.stderr[-4000:]))
         return result
 
     return run
+
+
+@pytest.fixture
+def fleet_playbook(nspawn_fleet, tmp_path):
+    """fleet_playbook(yaml_text, extra_vars=None, expect_failure=False, limit=None)."""
+    return fleet_playbook_runner(nspawn_fleet, tmp_path)

@@ -7,6 +7,7 @@ container module's systemd supervision on it.
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -105,3 +106,185 @@ def test_ansible_reaches_the_host_over_ssh(fleet_playbook):
     assert facts["ansible_hostname"] == HOST
     assert facts["ansible_virtualization_type"] == "container"
     assert result.recap[HOST]["failures"] == 0 and result.recap[HOST]["unreachable"] == 0
+
+
+# ---- intermodal.containers.container on systemd -----------------------------------
+
+IMAGE = "localhost/intermodal-test/busybox:1"
+HOST_TAR = "/root/intermodal-busybox-rootfs.tar"
+STORE = "/var/lib/intermodal"
+# Prints a marker for the journald check, then idles; the trap lets the
+# container's PID 1 (which ignores unhandled signals) stop on SIGTERM.
+COMMAND = ["sh", "-c", "echo started-$MARK; trap 'exit 0' TERM; while true; do sleep 1; done"]
+
+CONTAINER_PLAY = """
+- hosts: sd1
+  gather_facts: false
+  tasks:
+    - name: container
+      intermodal.containers.container:
+        name: "{{ cname }}"
+        image: "%s"
+        pull: never
+        state: "{{ cstate }}"
+        command: "{{ command }}"
+        env:
+          MARK: "{{ cname }}"
+        restart_policy: always
+        runtime: "{{ runtime }}"
+""" % IMAGE
+
+
+def unit_of(name):
+    return "intermodal-container-%s.service" % name
+
+
+def unit_props(fleet, unit, *props):
+    out = sh(fleet, "systemctl show -p %s %s" % (",".join(props), unit)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def container_pid(fleet, name):
+    """The container's init process as the host sees it, from the pid file
+    the runtime writes; None while there is none or it is not running."""
+    out = sh(fleet, "cat %s/containers/%s/container.pid 2>/dev/null || true" % (STORE, name)).stdout.strip()
+    if not out:
+        return None
+    pid = int(out)
+    state = sh(fleet, "awk '/^State:/ {print $2}' /proc/%d/status 2>/dev/null || true" % pid).stdout.strip()
+    return pid if state and state not in ("Z", "X") else None
+
+
+def wait_until(check, what, attempts=300, delay=0.1):
+    """Poll `check` (bounded); its last truthy value, or fail naming `what`."""
+    import time
+    for _ in range(attempts):
+        value = check()
+        if value:
+            return value
+        time.sleep(delay)
+    pytest.fail("gave up waiting: %s" % what)
+
+
+@pytest.fixture(scope="module")
+def host_image(nspawn_fleet, tmp_path_factory):
+    """The busybox rootfs tar copied into the host and imported there with
+    intermodal.containers.image (source=import): no registry is needed."""
+    from tests.integration.fixtures_nspawn import fleet_playbook_runner
+    from tests.lib.rootfs import build_busybox_rootfs
+    work = tmp_path_factory.mktemp("sd-image")
+    tar = build_busybox_rootfs(str(work / "busybox.tar"))
+    nspawn_fleet.copy_to(HOST, tar, HOST_TAR)
+    run = fleet_playbook_runner(nspawn_fleet, work)
+    result = run("""
+- hosts: sd1
+  gather_facts: false
+  tasks:
+    - name: import
+      intermodal.containers.image:
+        name: %s
+        source: import
+        import_path: %s
+""" % (IMAGE, HOST_TAR))
+    assert result.task("import", HOST)["status"] == "ok"
+    return run
+
+
+@pytest.fixture(scope="module", params=["crun", "runc"])
+def sd_container(request, nspawn_fleet, host_image):
+    """A started container with restart_policy=always, per runtime; removed
+    (state=absent) afterwards."""
+    runtime = request.param
+    name = "sd-" + runtime
+    variables = {"cname": name, "runtime": runtime, "command": COMMAND}
+    result = host_image(CONTAINER_PLAY, dict(variables, cstate="started"))
+    task = result.task("container", HOST)
+    try:
+        yield {"name": name, "runtime": runtime, "unit": unit_of(name), "vars": variables,
+               "first": task["result"], "run": host_image}
+    finally:
+        host_image(CONTAINER_PLAY, dict(variables, cstate="absent"))
+
+
+def test_container_runs_as_an_enabled_systemd_unit(nspawn_fleet, sd_container):
+    first = sd_container["first"]
+    assert first["changed"] is True
+    state = first["container"]["state"]
+    assert state["supervisor"] == "systemd" and state["status"] == "running"
+    unit = sd_container["unit"]
+    assert sh(nspawn_fleet, "systemctl is-active " + unit).stdout.strip() == "active"
+    assert sh(nspawn_fleet, "systemctl is-enabled " + unit).stdout.strip() == "enabled"
+    props = unit_props(nspawn_fleet, unit, "Restart", "ExecStart")
+    assert props["Restart"] == "always"
+    assert re.search(r"argv\[\]=\S*/%s .* run " % sd_container["runtime"], props["ExecStart"]), props["ExecStart"]
+    # The runtime's pid file names the container's init, running the command.
+    pid = wait_until(lambda: container_pid(nspawn_fleet, sd_container["name"]),
+                     "container pid of " + sd_container["name"])
+    cmdline = sh(nspawn_fleet, "tr '\\0' ' ' < /proc/%d/cmdline" % pid).stdout
+    assert cmdline.startswith("sh -c echo started-$MARK")
+
+
+def test_container_output_is_in_journald(nspawn_fleet, sd_container):
+    """The container's stdout goes to journald under the unit's
+    SyslogIdentifier (intermodal-<name>)."""
+    marker = "started-" + sd_container["name"]
+    ident = "intermodal-" + sd_container["name"]
+    wait_until(lambda: marker in sh(nspawn_fleet, "journalctl -t %s -o cat --no-pager" % ident).stdout,
+               "%r in journalctl -t %s" % (marker, ident))
+
+
+def test_restart_policy_restarts_the_container_after_kill_9(nspawn_fleet, sd_container):
+    unit = sd_container["unit"]
+    name = sd_container["name"]
+    before = int(unit_props(nspawn_fleet, unit, "NRestarts")["NRestarts"])
+    old_pid = wait_until(lambda: container_pid(nspawn_fleet, name), "container pid of " + name)
+    sh(nspawn_fleet, "kill -9 %d" % old_pid)
+
+    def restarted():
+        pid = container_pid(nspawn_fleet, name)
+        props = unit_props(nspawn_fleet, unit, "NRestarts", "ActiveState")
+        if pid and pid != old_pid and props["ActiveState"] == "active" \
+                and int(props["NRestarts"]) > before:
+            return pid
+        return None
+
+    new_pid = wait_until(restarted, "systemd restarting %s after kill -9" % unit)
+    # The module sees the restarted container as running, with nothing to change.
+    again = sd_container["run"](CONTAINER_PLAY, dict(sd_container["vars"], cstate="started"))
+    result = again.task("container", HOST)["result"]
+    assert result["changed"] is False
+    assert result["container"]["state"]["status"] == "running"
+    assert result["container"]["state"]["pid"] == new_pid
+
+
+def test_container_survives_systemctl_restart_of_its_unit(nspawn_fleet, sd_container):
+    unit = sd_container["unit"]
+    name = sd_container["name"]
+    old_pid = wait_until(lambda: container_pid(nspawn_fleet, name), "container pid of " + name)
+    sh(nspawn_fleet, "systemctl restart " + unit)
+    assert sh(nspawn_fleet, "systemctl is-active " + unit).stdout.strip() == "active"
+    new_pid = wait_until(lambda: (container_pid(nspawn_fleet, name) or old_pid) != old_pid
+                         and container_pid(nspawn_fleet, name),
+                         "a new container process after systemctl restart " + unit)
+    assert new_pid != old_pid
+    again = sd_container["run"](CONTAINER_PLAY, dict(sd_container["vars"], cstate="started"))
+    result = again.task("container", HOST)["result"]
+    assert result["changed"] is False
+    assert result["container"]["state"]["status"] == "running"
+    assert result["container"]["state"]["pid"] == new_pid
+
+
+def test_absent_removes_the_unit_and_the_container(nspawn_fleet, host_image):
+    name = "sd-gone"
+    variables = {"cname": name, "runtime": "crun", "command": COMMAND}
+    host_image(CONTAINER_PLAY, dict(variables, cstate="started"))
+    unit = unit_of(name)
+    assert sh(nspawn_fleet, "systemctl is-active " + unit).stdout.strip() == "active"
+    removed = host_image(CONTAINER_PLAY, dict(variables, cstate="absent"))
+    assert removed.task("container", HOST)["result"]["changed"] is True
+    assert sh(nspawn_fleet, "systemctl is-active " + unit, check=False).stdout.strip() in ("inactive", "unknown")
+    assert sh(nspawn_fleet, "test -e /etc/systemd/system/" + unit, check=False).returncode != 0
+    assert sh(nspawn_fleet, "test -e %s/containers/%s" % (STORE, name), check=False).returncode != 0
+    assert sh(nspawn_fleet, "test -e /sys/fs/cgroup/memory/intermodal/" + name, check=False).returncode != 0
+    procs = sh(nspawn_fleet, "ps -eo args").stdout
+    assert "intermodal-" + name not in procs
