@@ -303,6 +303,12 @@ class MonitorSupervisor(Supervisor):
         policy = validate_policy(policy)
         if self._monitor_pid(paths) is not None:
             return self.status(paths)
+        previous = read_json(os.path.join(paths.dir, STATUS_FILE)) or {}
+        if previous.get("status") in ("running", "restarting"):
+            # Its monitor died: end the unsupervised leftovers before starting anew.
+            self._force_end(paths, runtime, previous)
+        if argv is None and runtime.state(paths.runtime_id) is not None:
+            runtime.delete(paths.runtime_id, force=True)  # stale state would make `run` fail
         os.makedirs(paths.logs_dir, exist_ok=True)
         if argv is None:
             argv = list(runtime.run_argv(paths.bundle, paths.runtime_id, pid_file=paths.pid_file))

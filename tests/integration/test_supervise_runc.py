@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tarfile
 import uuid
 
@@ -211,3 +212,32 @@ def test_monitor_rss_with_runc_containers(runc_harness):
         rss = vmrss_kib(st["monitor_pid"])
         assert rss <= RSS_BUDGET_KIB, "monitor %d uses %d KiB" % (st["monitor_pid"], rss)
         assert process_alive(st["pid"])
+
+
+def test_start_after_the_monitor_died_replaces_the_orphan(runc_harness):
+    """A killed monitor leaves runc and the container running; start() ends them and starts anew."""
+    h = runc_harness
+    p, st = h.start("orphan", {"restart_policy": "always"}, command=LOOP)
+    runtime_pid = h.record(p)["runtime_pid"]
+    os.kill(st["monitor_pid"], signal.SIGKILL)
+    wait_for(lambda: process_state(st["monitor_pid"]) in (None, "Z"), "monitor death")
+    assert "unsupervised" in h.status(p)["error"]
+    again = h.sup.start(p, h.runtime, {"restart_policy": "always"})
+    assert again["status"] == "running" and again["error"] is None
+    assert again["monitor_pid"] != st["monitor_pid"] and again["pid"] != st["pid"]
+    assert process_state(st["pid"]) in (None, "Z") and process_state(runtime_pid) in (None, "Z")
+    assert h.runtime.state(p.runtime_id)["pid"] == again["pid"]
+
+
+def test_start_clears_stale_runtime_state(runc_harness):
+    """State left by a crashed runtime (created, never started) must not block `run`."""
+    h = runc_harness
+    p = h.create("stale", LOOP)
+    h.started.append(p)
+    # `create` hands its stdio to the container: /dev/null, or it never returns.
+    subprocess.run([h.runtime.binary, "--root", h.runtime.state_root, "create", "--bundle", p.bundle, p.runtime_id],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=60)
+    assert h.runtime.state(p.runtime_id)["status"] == "created"
+    st = h.sup.start(p, h.runtime, {})
+    assert st["status"] == "running"
+    assert h.runtime.state(p.runtime_id)["status"] == "running"
