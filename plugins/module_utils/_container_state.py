@@ -118,10 +118,16 @@ class ContainerTask:
         image_mode = comparisons.get("image", comparisons.get("*", "strict"))
         if image_mode != "ignore" and record.get("manifest_digest") != recorded["image_digest"]:
             reasons.append("image %s" % (record.get("manifest_digest") or record.get("digest")))
-        actual = self.containers.actual_options(self.name, recorded)
-        diffs = compare(self.desired, actual, comparisons)
+        diffs = compare(self.desired, recorded["options"], comparisons)
         reasons.extend(d[0] for d in diffs if not d[3])
-        return reasons, [d for d in diffs if d[3]]
+        live = [d for d in diffs if d[3]]
+        if not reasons:
+            seen = {d[0] for d in live}
+            for key in self.containers.limit_drift(self.name, self.desired):
+                mode = comparisons.get(key, comparisons.get("*", "strict"))
+                if key not in seen and mode != "ignore":
+                    live.append((key, "drifted in cgroupfs", self.desired.get(key), True))
+        return reasons, live
 
     def _reach_state(self, was_running, recreated):
         status = self.containers.status(self.name).get("status") if not self.check_mode else None

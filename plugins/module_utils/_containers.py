@@ -116,15 +116,16 @@ class ContainerService:
             return {}
         return cgroup.stats()
 
-    def actual_options(self, name, recorded):
-        """Recorded options, with limits replaced by what cgroupfs says while running."""
-        options = dict(recorded["options"])
-        live = self.live_limits(name)
-        if live is not None:
-            for key, value in live.items():
-                if key in options:
-                    options[key] = value
-        return options
+    def limit_drift(self, name, desired):
+        """Limits whose cgroupfs value differs from ``desired`` (changed by hand, or lost).
+
+        Compared by _cgroups in each file's own units, so a v2 cpu.weight that
+        cannot hold cpu_shares exactly is not mistaken for drift.
+        """
+        cgroup = Cgroup(self.paths(name).cgroup)
+        if not cgroup.exists():
+            return []
+        return cgroup.changed_keys({key: desired.get(key) for key in LIMIT_OPTIONS})
 
     def describe(self, name):
         recorded = self.recorded(name)
