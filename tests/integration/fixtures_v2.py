@@ -5,7 +5,7 @@ One VM for the whole session, booted once (about 45 s under TCG): import
 when INTERMODAL_V2_VM=1 is set, so the default pytest run skips these tests;
 the stage that sets it is run as
 
-    INTERMODAL_V2_VM=1 python3 -m pytest -m cgroupv2 tests/integration/test_cgroup_v2.py
+    INTERMODAL_V2_VM=1 python3 -m pytest -m cgroupv2 tests/integration/test_cgroup_v2*.py
 
 Boot time, qemu's RSS and the stage's wall time are printed at the end of
 the session and written to <workdir>/timings.json.
@@ -35,44 +35,82 @@ requires_v2_vm = pytest.mark.skipif(not ENABLED, reason=SKIP_REASON)
 
 
 def _report(config, line):
+    """Print past pytest's capture (session teardown output is captured)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    if capman is not None:
+        with capman.global_and_fixture_disabled():
+            reporter.write_line(line)
+    else:
         reporter.write_line(line)
+
+
+# Each test module that imports `v2_host` gets its own copy of the session
+# fixture in pytest's eyes; this shared state keeps it to ONE VM per session:
+# the first setup boots it, the last teardown stops it.
+_SHARED = {"host": None, "users": 0, "workdir": None, "timings": None, "started": None}
+
+
+def _acquire(config):
+    from tests.lib.qemu_vm import V2Host, build_vm_image
+
+    if _SHARED["host"] is None:
+        _SHARED["started"] = time.monotonic()
+        _SHARED["workdir"] = tempfile.mkdtemp(prefix="intermodal-v2-")
+        _SHARED["timings"] = timings = {}
+        try:
+            build_started = time.monotonic()
+            image = build_vm_image(timings=timings)
+            timings["image_seconds"] = round(time.monotonic() - build_started, 1)
+            host = V2Host(_SHARED["workdir"], image=image)
+            host.start()  # stops itself if the boot fails
+        except BaseException:
+            _release(config, failed=True)
+            raise
+        timings["boot_seconds"] = round(host.boot_seconds, 1)
+        _SHARED["host"] = host
+    _SHARED["users"] += 1
+    return _SHARED["host"]
+
+
+def _release(config, failed=False):
+    if not failed:
+        _SHARED["users"] -= 1
+        if _SHARED["users"] > 0:
+            return
+    host, timings, workdir = _SHARED["host"], _SHARED["timings"], _SHARED["workdir"]
+    _SHARED.update(host=None, users=0, workdir=None)
+    try:
+        if host is not None:
+            rss = host.qemu_rss_bytes()
+            timings["qemu_rss_mib"] = round(rss / 2 ** 20) if rss else None
+            host.stop()
+    finally:
+        timings["stage_seconds"] = round(time.monotonic() - _SHARED["started"], 1)
+        if workdir:
+            with open(os.path.join(workdir, "timings.json"), "w") as f:
+                json.dump(timings, f)
+            if os.environ.get("INTERMODAL_V2_KEEP_WORKDIR") != "1":
+                shutil.rmtree(workdir, ignore_errors=True)
+        _report(config, "cgroup v2 VM: %s" % json.dumps(timings, sort_keys=True))
 
 
 @pytest.fixture(scope="session")
 def v2_host(request):
-    """A started V2Host (cgroup v2 Debian VM reachable by SSH), stopped and
-    its namespace deleted at the end of the session, even on failure."""
+    """A started V2Host (cgroup v2 Debian VM reachable by SSH), shared by
+    every test module of the session, stopped and its namespace deleted at
+    the end of the session, even on failure."""
     if not ENABLED:
         pytest.skip(SKIP_REASON)
     if os.geteuid() != 0:
         pytest.skip("the v2 VM needs root (network namespace, tap, debootstrap)")
-    from tests.lib.qemu_vm import V2Host, build_vm_image
-
-    stage_started = time.monotonic()
-    workdir = tempfile.mkdtemp(prefix="intermodal-v2-")
-    timings = {}
-    host = None
+    host = _acquire(request.config)
     try:
-        build_started = time.monotonic()
-        image = build_vm_image(timings=timings)
-        timings["image_seconds"] = round(time.monotonic() - build_started, 1)
-        host = V2Host(workdir, image=image)
-        host.start()
-        timings["boot_seconds"] = round(host.boot_seconds, 1)
         yield host
-        rss = host.qemu_rss_bytes()
-        timings["qemu_rss_mib"] = round(rss / 2 ** 20) if rss else None
     finally:
-        if host is not None:
-            host.stop()
-        timings["stage_seconds"] = round(time.monotonic() - stage_started, 1)
-        with open(os.path.join(workdir, "timings.json"), "w") as f:
-            json.dump(timings, f)
-        _report(request.config, "cgroup v2 VM: %s" % json.dumps(timings, sort_keys=True))
-        if os.environ.get("INTERMODAL_V2_KEEP_WORKDIR") != "1":
-            shutil.rmtree(workdir, ignore_errors=True)
+        _release(request.config)
 
 
 @pytest.fixture

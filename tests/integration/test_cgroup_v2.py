@@ -7,7 +7,7 @@ over SSH, as a user would run it; what it did is then checked in the VM's
 cgroupfs and by the kernel's own behaviour (OOM kills).
 
 Own CI stage (skipped unless INTERMODAL_V2_VM=1):
-    INTERMODAL_V2_VM=1 python3 -m pytest -m cgroupv2 tests/integration/test_cgroup_v2.py
+    INTERMODAL_V2_VM=1 python3 -m pytest -m cgroupv2 tests/integration/test_cgroup_v2*.py
 """
 
 from __future__ import annotations
