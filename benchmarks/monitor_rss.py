@@ -26,7 +26,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import tests.conftest  # noqa: E402,F401 pylint: disable=unused-import (puts the collection on sys.path)
+# tests.conftest puts the collection on sys.path
+import tests.conftest  # noqa: E402,F401 pylint: disable=unused-import
 
 from ansible_collections.intermodal.containers.plugins.module_utils._container_paths import ContainerPaths  # noqa: E402
 from ansible_collections.intermodal.containers.plugins.module_utils._supervise import MonitorSupervisor  # noqa: E402
@@ -108,7 +109,7 @@ def measure(count, settle, python=None, runtime_name=None):
                          "runtime_vmrss_kib": proc_kib(runtime_pid, "status", "VmRSS") if runtime_pid else None})
         return rows
     finally:
-        for paths, _ in started:
+        for paths, dummy in started:
             sup.stop(paths, runtime, stop_timeout=2)
         if parent:
             _remove_cgroups(parent)

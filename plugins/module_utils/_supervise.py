@@ -446,3 +446,10 @@ def _runtime_spec(runtime):
         if value is not None:
             spec[attr] = value
     return spec
+
+
+__all__ = [
+    "Supervisor", "MonitorSupervisor", "SystemdSupervisor", "InvalidPolicy", "SupervisorError", "validate_policy",
+    "render_unit", "systemd_is_pid1", "empty_status", "install_monitor", "monitor_sources", "monitor_argv",
+    "spawn_detached",
+]

@@ -48,7 +48,6 @@ def empty_status(status="created"):
             "restart_count": 0, "monitor_pid": None, "supervisor": "monitor", "error": None}
 
 
-
 UNIT_DIR = "/etc/systemd/system"
 _TS_RE = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)")
 
@@ -237,7 +236,7 @@ class SystemdSupervisor:
         for line in self._run("show", paths.unit_name, "-p", "LoadState,ActiveState,SubState,MainPID,"
                               "ExecMainStartTimestamp,ExecMainExitTimestamp,ExecMainCode,ExecMainStatus,NRestarts",
                               check=False).splitlines():
-            key, _, value = line.partition("=")
+            key, dummy, value = line.partition("=")
             props[key] = value
         if props.get("LoadState") in (None, "", "not-found"):
             return out

@@ -103,8 +103,8 @@ class Harness:
             except Exception:  # noqa: BLE001 - clean-up goes on regardless
                 pass
             rec2 = self.record(p)
-            for pid in {rec.get("monitor_pid"), rec.get("runtime_pid"), rec2.get("monitor_pid"),
-                        rec2.get("runtime_pid")}:
+            for pid in sorted({rec.get("monitor_pid") or 0, rec.get("runtime_pid") or 0,
+                               rec2.get("monitor_pid") or 0, rec2.get("runtime_pid") or 0}):
                 kill_group_and_wait(pid)
             if self.runtime is not None:
                 try:
@@ -120,6 +120,14 @@ def harness(tmp_path):
         yield h
     finally:
         h.cleanup()
+
+
+def restarted(h, p, old_pids):
+    """The status once the container runs again under a pid not in old_pids, else None."""
+    st = h.status(p)
+    if st["status"] == "running" and st["pid"] is not None and st["pid"] not in old_pids:
+        return st
+    return None
 
 
 def sh(script):
@@ -145,7 +153,7 @@ def test_policy_no_records_exit_code_and_monitor_exits(harness):
 
 
 def test_on_failure_with_max_restarts_then_gives_up(harness):
-    p, _ = harness.start("onfail", {"restart_policy": "on-failure:2"}, sh("echo attempt; exit 3"))
+    p, dummy = harness.start("onfail", {"restart_policy": "on-failure:2"}, sh("echo attempt; exit 3"))
     wait_for(lambda: monitor_gone(harness, p), "monitor to give up")
     st = harness.status(p)
     assert (st["status"], st["exit_code"], st["restart_count"]) == ("exited", 3, 2)
@@ -153,7 +161,7 @@ def test_on_failure_with_max_restarts_then_gives_up(harness):
 
 
 def test_on_failure_does_not_restart_a_clean_exit(harness):
-    p, _ = harness.start("clean", {"restart_policy": "on-failure"}, sh("echo once; exit 0"))
+    p, dummy = harness.start("clean", {"restart_policy": "on-failure"}, sh("echo once; exit 0"))
     wait_for(lambda: monitor_gone(harness, p), "monitor to exit")
     st = harness.status(p)
     assert (st["status"], st["exit_code"], st["restart_count"]) == ("exited", 0, 0)
@@ -165,8 +173,7 @@ def test_killed_container_comes_back(harness, policy):
     first = st["pid"]
     assert st["status"] == "running" and process_alive(first)
     os.kill(first, signal.SIGKILL)
-    st = wait_for(lambda: (lambda s: s["status"] == "running" and s["pid"] not in (None, first) and s)(
-        harness.status(p)), "restart after kill")
+    st = wait_for(lambda: restarted(harness, p, [first]), "restart after kill")
     assert st["restart_count"] == 1
     assert st["exit_code"] == 137   # the kill is recorded
     assert process_alive(st["pid"])
@@ -203,7 +210,7 @@ def test_stop_sends_stop_signal_then_sigkill_after_timeout(harness):
 
 def test_stop_uses_the_given_stop_signal(harness):
     script = "trap 'echo got USR1; exit 0' USR1; echo ready; while :; do sleep 0.05; done"
-    p, _ = harness.start("usr1", {"restart_policy": "always", "stop_signal": "SIGTERM"}, sh(script))
+    p, dummy = harness.start("usr1", {"restart_policy": "always", "stop_signal": "SIGTERM"}, sh(script))
     wait_for(lambda: "ready" in harness.log_texts(p), "ready")
     final = harness.sup.stop(p, None, stop_signal="SIGUSR1", stop_timeout=30)
     assert (final["status"], final["exit_code"]) == ("exited", 0)
@@ -211,7 +218,7 @@ def test_stop_uses_the_given_stop_signal(harness):
 
 
 def test_stop_of_an_exited_container_is_harmless(harness):
-    p, _ = harness.start("done", {}, sh("exit 4"))
+    p, dummy = harness.start("done", {}, sh("exit 4"))
     wait_for(lambda: monitor_gone(harness, p), "monitor to exit")
     assert harness.sup.stop(p)["exit_code"] == 4
 
@@ -226,7 +233,7 @@ def test_start_twice_keeps_one_monitor(harness):
 
 def test_logs_rotate_by_size(harness):
     script = "i=1; while [ $i -le 3000 ]; do echo line $i; i=$((i+1)); done; echo end >&2"
-    p, _ = harness.start("chatty", {"log_max_size": 8192, "log_max_files": 3}, sh(script))
+    p, dummy = harness.start("chatty", {"log_max_size": 8192, "log_max_files": 3}, sh(script))
     wait_for(lambda: monitor_gone(harness, p), "monitor to exit")
     names = sorted(os.listdir(p.logs_dir))
     assert names == ["container.log", "container.log.1", "container.log.2", "monitor.log"]
@@ -273,7 +280,7 @@ def test_live_policy_change_without_restart(harness):
     now = harness.status(p)
     assert (now["status"], now["pid"], now["restart_count"]) == ("running", pid, 0)   # same process
     os.kill(pid, signal.SIGKILL)   # the new policy is in force: it comes back
-    st = wait_for(lambda: (lambda s: s["pid"] not in (None, pid) and s)(harness.status(p)), "restart")
+    st = wait_for(lambda: restarted(harness, p, [pid]), "restart")
     assert st["restart_count"] == 1
     # and back to "no": the next kill leaves it exited
     assert harness.sup.update_policy(p, {"restart_policy": "no"}) is True
@@ -322,7 +329,7 @@ def test_status_of_a_never_started_container(harness):
 
 
 def test_remove_deletes_supervision_files(harness):
-    p, _ = harness.start("gone", {"restart_policy": "always"}, sh(LOOP))
+    p, dummy = harness.start("gone", {"restart_policy": "always"}, sh(LOOP))
     harness.sup.remove(p)
     left = set(os.listdir(p.dir))
     assert not left & {"policy.json", "supervise.json", "monitor.json", "monitor.pid"}
@@ -388,7 +395,7 @@ def test_install_works_from_an_ansiballz_style_zip(harness, tmp_path):
     assert not os.path.exists(os.path.join(installed, "__init__.py"))   # namespace packages
     pid = harness.status(p)["pid"]
     os.kill(pid, signal.SIGKILL)   # still supervised with the zip gone
-    wait_for(lambda: (lambda s: s["pid"] not in (None, pid) and s)(harness.status(p)), "restart")
+    wait_for(lambda: restarted(harness, p, [pid]), "restart")
 
 
 def test_for_host_picks_the_monitor_without_systemd(harness):

@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from tests.integration.test_supervise_monitor import (  # noqa: F401 (shared helpers)
-    RSS_BUDGET_KIB, Harness, monitor_gone, vmrss_kib, wait_for,
+    RSS_BUDGET_KIB, Harness, monitor_gone, restarted, vmrss_kib, wait_for,
 )
 
 from ansible_collections.intermodal.containers.plugins.module_utils._monitor import process_alive, process_state
@@ -123,8 +123,7 @@ def test_killed_container_comes_back_on_failure_with_max(runc_harness):
     p, st = h.start("onfail", {"restart_policy": "on-failure:1"}, command=LOOP)
     first = st["pid"]
     os.kill(first, signal.SIGKILL)
-    st = wait_for(lambda: (lambda s: s["status"] == "running" and s["pid"] not in (None, first) and s)(h.status(p)),
-                  "restart")
+    st = wait_for(lambda: restarted(h, p, [first]), "restart")
     assert (st["restart_count"], st["exit_code"]) == (1, 137)
     assert runc_state(h, p)["pid"] == st["pid"]
     os.kill(st["pid"], signal.SIGKILL)   # max 1 restart: this time it stays down
@@ -141,8 +140,7 @@ def test_killed_container_comes_back_always(runc_harness):
     pids = [st["pid"]]
     for n in (1, 2):
         os.kill(pids[-1], signal.SIGKILL)
-        st = wait_for(lambda: (lambda s: s["status"] == "running" and s["pid"] not in [None] + pids and s)(
-            h.status(p)), "restart %d" % n)
+        st = wait_for(lambda: restarted(h, p, pids), "restart %d" % n)
         assert st["restart_count"] == n
         pids.append(st["pid"])
 
@@ -188,14 +186,14 @@ def test_live_policy_change_keeps_the_same_container(runc_harness):
     assert (now["pid"], now["restart_count"], now["started_at"]) == (st["pid"], 0, st["started_at"])
     assert runc_state(h, p)["pid"] == st["pid"]
     os.kill(st["pid"], signal.SIGKILL)
-    again = wait_for(lambda: (lambda s: s["pid"] not in (None, st["pid"]) and s)(h.status(p)), "restart")
+    again = wait_for(lambda: restarted(h, p, [st["pid"]]), "restart")
     assert again["restart_count"] == 1
 
 
 def test_logs_rotate_with_a_real_container(runc_harness):
     h = runc_harness
     cmd = ["/bin/sh", "-c", "i=1; while [ $i -le 2000 ]; do echo line $i; i=$((i+1)); done"]
-    p, _ = h.start("chatty", {"log_max_size": 16384, "log_max_files": 2}, command=cmd)
+    p, dummy = h.start("chatty", {"log_max_size": 16384, "log_max_files": 2}, command=cmd)
     wait_for(lambda: monitor_gone(h, p), "monitor to exit")
     assert os.path.exists(p.log + ".1") and not os.path.exists(p.log + ".2")
     assert os.path.getsize(p.log) <= 16384 and os.path.getsize(p.log + ".1") <= 16384

@@ -86,7 +86,7 @@ def test_record_bigger_than_max_size_is_written_whole(tmp_path):
 def test_no_rotation_without_max_size(tmp_path):
     path = str(tmp_path / "container.log")
     log = RotatingLog(path, max_size=None, max_files=3)
-    for _ in range(100):
+    for dummy in range(100):
         log.write(b"y" * 100 + b"\n")
     log.close()
     assert os.listdir(str(tmp_path)) == ["container.log"]

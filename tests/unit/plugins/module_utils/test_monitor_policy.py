@@ -103,7 +103,7 @@ def test_should_restart(policy, code, count, by_user, expected):
 
 def test_backoff_doubles_from_100ms_to_10s():
     delays, d = [], 0.0
-    for _ in range(10):
+    for dummy in range(10):
         d = next_delay(d, ran_for=0.5)
         delays.append(d)
     assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0]
@@ -173,7 +173,7 @@ def test_concurrent_readers_never_see_a_torn_monitor_json(tmp_path):
             except Exception as exc:  # noqa: BLE001 - any failure is the finding
                 errors.append(repr(exc))
 
-    threads = [threading.Thread(target=reader) for _ in range(3)]
+    threads = [threading.Thread(target=reader) for dummy in range(3)]
     for t in threads:
         t.start()
     try:
@@ -212,7 +212,7 @@ def test_monitor_imports_stay_minimal():
     code = ("import sys; from ansible_collections.intermodal.containers.plugins.module_utils import _monitor; "
             "print(' '.join(sorted(sys.modules)))")
     collections = os.path.abspath(_monitor.__file__)
-    for _ in _monitor.__name__.split("."):
+    for dummy in _monitor.__name__.split("."):
         collections = os.path.dirname(collections)
     out = subprocess.run([sys.executable, "-S", "-c", code], env={"PYTHONPATH": collections},
                          stdout=subprocess.PIPE, check=True).stdout.decode().split()
