@@ -1,7 +1,8 @@
 """Fixtures for tests on real systemd hosts (systemd-nspawn, tests/lib/nspawn.py).
 
-- nspawn_fleet: session-scoped Fleet of one host, `sd1`, booted from the
-  cached image (first use builds it: about 2.5 min).  Skipped with the reason
+- nspawn_fleet: session-scoped Fleet of two hosts, `sd1` and `sd2`, booted
+  from the cached image (first use builds it: about 2.5 min; then about 6 s
+  to SSH on both).  Skipped with the reason
   when this machine cannot run systemd-nspawn hosts.
 - fleet_playbook: run a playbook (YAML text) against the fleet with
   ansible-playbook from inside the fleet's network namespace, using this
@@ -32,7 +33,7 @@ from tests.lib.nspawn import Fleet, build_host_image, nspawn_available  # noqa: 
 
 COLLECTIONS_DIR = os.path.join(REPO_ROOT, ".build", "collections")
 CALLBACK_DIR = os.path.join(REPO_ROOT, "tests", "lib", "callback_plugins")
-FLEET_NAMES = ["sd1"]
+FLEET_NAMES = ["sd1", "sd2"]
 
 
 @pytest.fixture(scope="session")

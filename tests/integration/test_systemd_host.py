@@ -89,7 +89,7 @@ def test_builtin_modules_load_with_modprobe(nspawn_fleet):
     sh(nspawn_fleet, "modprobe overlay && modprobe br_netfilter && modprobe veth")
 
 
-def test_ansible_reaches_the_host_over_ssh(fleet_playbook):
+def test_ansible_reaches_the_hosts_over_ssh(fleet_playbook, nspawn_fleet):
     result = fleet_playbook("""
 - hosts: fleet
   gather_facts: false
@@ -100,12 +100,24 @@ def test_ansible_reaches_the_host_over_ssh(fleet_playbook):
       ansible.builtin.setup:
         gather_subset: [min, virtual]
 """)
-    assert result.task("ping", HOST)["result"]["ping"] == "pong"
-    facts = result.task("facts", HOST)["result"]["ansible_facts"]
-    assert facts["ansible_service_mgr"] == "systemd"
-    assert facts["ansible_hostname"] == HOST
-    assert facts["ansible_virtualization_type"] == "container"
-    assert result.recap[HOST]["failures"] == 0 and result.recap[HOST]["unreachable"] == 0
+    for name in nspawn_fleet.hosts:
+        assert result.task("ping", name)["result"]["ping"] == "pong"
+        facts = result.task("facts", name)["result"]["ansible_facts"]
+        assert facts["ansible_service_mgr"] == "systemd"
+        assert facts["ansible_hostname"] == name
+        assert facts["ansible_virtualization_type"] == "container"
+        assert result.recap[name]["failures"] == 0 and result.recap[name]["unreachable"] == 0
+
+
+def test_hosts_reach_each_other_by_name(nspawn_fleet):
+    """Every host's name is in /etc/hosts; sd1 opens a TCP connection to
+    sd2's sshd across the fleet's bridge."""
+    if len(nspawn_fleet.hosts) < 2:
+        pytest.skip("a one-host fleet")
+    other = [n for n in nspawn_fleet.hosts if n != HOST][0]
+    probe = ("python3 -c 'import socket; s = socket.create_connection((\"%s\", 22), 5); "
+             "print(s.recv(64).decode().strip())'" % other)
+    assert sh(nspawn_fleet, probe).stdout.startswith("SSH-2.0-")
 
 
 # ---- intermodal.containers.container on systemd -----------------------------------

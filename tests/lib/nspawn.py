@@ -25,6 +25,7 @@ hierarchies nspawn needs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import secrets
 import shutil
@@ -346,7 +347,7 @@ class Fleet:
     Use as a context manager, or call start() and stop().
     """
 
-    def __init__(self, names, workdir, image=None, boot_timeout=90.0):
+    def __init__(self, names, workdir, image=None, boot_timeout=90.0, roots_on_tmpfs=True):
         self.id = secrets.token_hex(4)
         self.netns = "intermodal-fleet-" + self.id
         self.workdir = os.path.abspath(workdir)
@@ -356,10 +357,17 @@ class Fleet:
         for i, name in enumerate(names):
             self.hosts[name] = Host(name, SUBNET_PREFIX + str(FIRST_HOST + i),
                                     os.path.join(self.workdir, "hosts", name))
+        self.tmpfs_size = "%dm" % (1024 * len(self.hosts))
         self.key_path = os.path.join(self.workdir, "id_ed25519")
         self.inventory_path = os.path.join(self.workdir, "inventory.ini")
         self.timings = {}
         self._netns_made = False
+        # Host roots on a tmpfs of the fleet's own: copying 240 MB there takes
+        # about 1.3 s instead of 5 to 12 s on this disk, and removing it is an
+        # unmount instead of a 14 s rmtree.  Overlay mounts inside work on it.
+        self.roots_on_tmpfs = roots_on_tmpfs
+        self.roots_dir = os.path.join(self.workdir, "hosts")
+        self._tmpfs_mounted = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -382,8 +390,14 @@ class Fleet:
               "-f", self.key_path])
         self._make_network()
         started = time.monotonic()
-        for host in self.hosts.values():
-            self._prepare_root(host)
+        os.makedirs(self.roots_dir, exist_ok=True)
+        if self.roots_on_tmpfs and not self._tmpfs_mounted:
+            _run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=" + self.tmpfs_size,
+                  "intermodal-fleet", self.roots_dir])
+            self._tmpfs_mounted = True
+        # Copies run side by side: cp of a 240 MB tree is mostly syscalls.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
+            list(pool.map(self._prepare_root, self.hosts.values()))
         self.timings["copy_roots"] = time.monotonic() - started
         self._write_inventory()
         started = time.monotonic()
@@ -397,6 +411,7 @@ class Fleet:
     def stop(self):
         """Shut the hosts down (SIGKILL after 15 s) and remove all they used."""
         errors = []
+        mark = time.monotonic()
         for host in self.hosts.values():
             if host.proc is not None and host.proc.poll() is None:
                 host.proc.send_signal(signal.SIGTERM)  # nspawn asks the host's systemd to halt
@@ -408,6 +423,7 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 host.proc.kill()
                 host.proc.wait()
+        mark = self._lap("stop_shutdown", mark)
         fleet_dirs = set()
         for host in self.hosts.values():
             fleet_dirs.update(os.path.dirname(d) for d in host.cgroups)
@@ -420,17 +436,30 @@ class Fleet:
             _kill_and_remove_cgroups(sorted(fleet_dirs))
         except RuntimeError as exc:
             errors.append(str(exc))
+        mark = self._lap("stop_cgroups", mark)
         if self._netns_made:
             self._kill_netns_processes()  # e.g. ssh ControlPersist masters
             _run(["ip", "netns", "delete", self.netns], check=False)
             self._netns_made = False
-        for host in self.hosts.values():
-            try:
-                _safe_rmtree(host.root)
-            except RuntimeError as exc:
-                errors.append(str(exc))
+        mark = self._lap("stop_network", mark)
+        try:
+            if self._tmpfs_mounted:
+                _unmount_all_under(self.roots_dir)
+                self._tmpfs_mounted = False
+                os.rmdir(self.roots_dir)
+            else:
+                for host in self.hosts.values():
+                    _safe_rmtree(host.root)
+        except (OSError, RuntimeError) as exc:
+            errors.append(str(exc))
+        self._lap("stop_remove_roots", mark)
         if errors:
             raise RuntimeError("fleet %s clean-up: %s" % (self.id, "; ".join(errors)))
+
+    def _lap(self, what, since):
+        now = time.monotonic()
+        self.timings[what] = now - since
+        return now
 
     # -- setup steps -------------------------------------------------------------
 
