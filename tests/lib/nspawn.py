@@ -26,6 +26,7 @@ hierarchies nspawn needs.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import secrets
 import shutil
@@ -305,6 +306,62 @@ def _kill_and_remove_cgroups(dirs, timeout=10.0):
 
 # ---- the fleet -------------------------------------------------------------------
 
+# One JSON file per live fleet, removed by a clean stop().
+RECORD_DIR = "/run/intermodal-test-fleets"
+
+
+def _start_time(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def cleanup_stale_fleets():
+    """Remove what fleets of dead processes left behind (a SIGKILLed test
+    run): the hosts' processes and cgroups, the network namespace, the tmpfs.
+    Fleets whose owner still runs (a concurrent test run) are left alone.
+    Returns the names of the fleets cleaned."""
+    cleaned = []
+    if not os.path.isdir(RECORD_DIR):
+        return cleaned
+    for entry in sorted(os.listdir(RECORD_DIR)):
+        path = os.path.join(RECORD_DIR, entry)
+        if not entry.endswith(".json"):
+            continue
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if rec.get("owner_start") and _start_time(rec["owner_pid"]) == rec["owner_start"]:
+            continue
+        try:
+            _kill_and_remove_cgroups([d for d in rec.get("cgroups", []) if os.path.isdir(d)])
+        except RuntimeError:
+            continue  # try again next time rather than half-clean
+        netns = rec.get("netns", "")
+        if netns.startswith("intermodal-fleet-") and os.path.exists("/run/netns/" + netns):
+            out = _run(["ip", "netns", "pids", netns], check=False).stdout.split()
+            for pid in _alive(int(p) for p in out):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            _run(["ip", "netns", "delete", netns], check=False)
+        roots = rec.get("roots_dir")
+        if roots and os.path.isdir(roots):
+            try:
+                _unmount_all_under(roots)
+                _safe_rmtree(roots)
+            except RuntimeError:
+                continue
+        os.unlink(path)
+        cleaned.append(netns)
+    return cleaned
+
+
 
 def _run(cmd, check=True, **kwargs):
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, **kwargs)
@@ -388,6 +445,8 @@ class Fleet:
             self.image = build_host_image()
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "intermodal-fleet-" + self.id,
               "-f", self.key_path])
+        cleanup_stale_fleets()
+        self._record()
         self._make_network()
         started = time.monotonic()
         os.makedirs(self.roots_dir, exist_ok=True)
@@ -453,8 +512,26 @@ class Fleet:
         except (OSError, RuntimeError) as exc:
             errors.append(str(exc))
         self._lap("stop_remove_roots", mark)
+        if not errors and os.path.exists(self._record_path()):
+            os.unlink(self._record_path())
         if errors:
             raise RuntimeError("fleet %s clean-up: %s" % (self.id, "; ".join(errors)))
+
+    def _record_path(self):
+        return os.path.join(RECORD_DIR, self.netns + ".json")
+
+    def _record(self):
+        """What a later run needs to clean up after this one if this process
+        dies before stop(): its owner, cgroups, namespace and tmpfs."""
+        os.makedirs(RECORD_DIR, exist_ok=True)
+        record = {
+            "owner_pid": os.getpid(), "owner_start": _start_time(os.getpid()),
+            "netns": self.netns, "roots_dir": self.roots_dir,
+            "cgroups": [mnt + own.rstrip("/") + "/" + self.netns for mnt, own in _own_cgroups()],
+        }
+        with open(self._record_path() + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(self._record_path() + ".tmp", self._record_path())
 
     def _lap(self, what, since):
         now = time.monotonic()
