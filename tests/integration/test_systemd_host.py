@@ -7,14 +7,19 @@ container module's systemd supervision on it.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 
 import pytest
 
 from tests.integration.fixtures_nspawn import fleet_playbook, nspawn_fleet  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 HOST = "sd1"
 
@@ -300,3 +305,59 @@ def test_absent_removes_the_unit_and_the_container(nspawn_fleet, host_image):
     assert sh(nspawn_fleet, "test -e /sys/fs/cgroup/memory/intermodal/" + name, check=False).returncode != 0
     procs = sh(nspawn_fleet, "ps -eo args").stdout
     assert "intermodal-" + name not in procs
+
+
+# ---- clean-up -----------------------------------------------------------------
+
+def _fleet_leftovers(netns, roots_dir, pids):
+    """What of a fleet is still on the machine: namespace, mounts, cgroups,
+    live (non-zombie) processes."""
+    from tests.lib.nspawn import process_state
+    left = []
+    if os.path.exists("/run/netns/" + netns):
+        left.append("netns " + netns)
+    with open("/proc/self/mountinfo") as f:
+        if any(" %s " % roots_dir in line for line in f):
+            left.append("mount " + roots_dir)
+    for dirpath, dirnames, _files in os.walk("/sys/fs/cgroup"):
+        if netns in dirnames:
+            left.append("cgroup " + os.path.join(dirpath, netns))
+        if dirpath.count("/") > 6:
+            dirnames[:] = []
+    left += ["pid %d (%s)" % (p, process_state(p)) for p in pids if process_state(p) not in (None, "Z", "X")]
+    return left
+
+
+OWNER_SCRIPT = r"""
+import json, os, signal, sys
+sys.path.insert(0, %r)
+from tests.lib.nspawn import Fleet
+fleet = Fleet(["stale1"], sys.argv[1])
+fleet.start()
+host = fleet.hosts["stale1"]
+print(json.dumps({"netns": fleet.netns, "roots": fleet.roots_dir,
+                  "pids": [host.proc.pid, host.leader]}), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # dies without stop()
+"""
+
+
+def test_stop_and_stale_cleanup_leave_nothing(nspawn_fleet, tmp_path):
+    """A fleet stopped normally leaves no namespace, mount, cgroup or process;
+    one whose owner was SIGKILLed is removed by cleanup_stale_fleets()."""
+    from tests.lib.nspawn import Fleet, cleanup_stale_fleets
+    with Fleet(["clean1"], str(tmp_path / "clean")) as fleet:
+        host = fleet.hosts["clean1"]
+        assert fleet.run("clean1", "cat /proc/1/comm", via="nsenter").stdout.strip() == "systemd"
+        netns, roots, pids = fleet.netns, fleet.roots_dir, [host.proc.pid, host.leader]
+    assert _fleet_leftovers(netns, roots, pids) == []
+
+    proc = subprocess.run([sys.executable, "-c", OWNER_SCRIPT % REPO_ROOT, str(tmp_path / "stale")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    info = json.loads(proc.stdout.splitlines()[-1])
+    # The owner is gone but its host still runs: that is what a killed test run leaves.
+    assert _fleet_leftovers(info["netns"], info["roots"], info["pids"])
+    assert info["netns"] in cleanup_stale_fleets()
+    assert _fleet_leftovers(info["netns"], info["roots"], info["pids"]) == []
+    # The session's own fleet (owner alive) was left alone.
+    assert nspawn_fleet.run(HOST, "true").returncode == 0
