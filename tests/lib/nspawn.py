@@ -717,28 +717,34 @@ class Fleet:
             return f.read()[-6000:].decode("utf-8", "replace")
 
     def memory(self, name):
-        """{"rss_kib": sum of VmRSS of the host's processes, "cgroup_bytes":
-        memory.usage_in_bytes of its memory cgroup (None if not v1)}."""
+        """{"rss_kib": sum of VmRSS of the host's processes (shared pages
+        counted once per process), "pss_kib": sum of their Pss (shared pages
+        split), "cgroup_bytes": memory.usage_in_bytes of the host's memory
+        cgroup (None without v1 memory), "processes": how many}.  The host's
+        root on tmpfs (about 240 MB) is in none of these."""
         host = self.hosts[name]
-        rss = 0
         pids = set()
         for d in host.cgroups:
             pids |= _procs(d)
+        totals = {"VmRSS:": 0, "Pss:": 0}
         for pid in pids:
-            try:
-                with open("/proc/%d/status" % pid) as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            rss += int(line.split()[1])
-            except OSError:
-                pass
+            for path in ("/proc/%d/status" % pid, "/proc/%d/smaps_rollup" % pid):
+                try:
+                    with open(path) as f:
+                        for line in f:
+                            key = line.split(" ", 1)[0].split("\t", 1)[0]
+                            if key in totals:
+                                totals[key] += int(line.split()[1])
+                except OSError:
+                    pass
         usage = None
         for d in host.cgroups:
             path = os.path.join(d, "memory.usage_in_bytes")
             if os.path.exists(path):
                 with open(path) as f:
                     usage = int(f.read())
-        return {"rss_kib": rss, "cgroup_bytes": usage, "processes": len(pids)}
+        return {"rss_kib": totals["VmRSS:"], "pss_kib": totals["Pss:"], "cgroup_bytes": usage,
+                "processes": len(pids)}
 
 
 def _quote(arg):
