@@ -220,8 +220,8 @@ def module_run(work, store, ref_text, pull="missing"):
     try:
         result = json.loads(proc.stdout)
     except ValueError:
-        raise RuntimeError("module printed no JSON (rc %d):\n%s%s" % (proc.returncode, proc.stdout[-2000:],
-                                                                       proc.stderr[-2000:]))
+        raise RuntimeError("module printed no JSON (rc %d):\n%s%s"
+                           % (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]))
     if result.get("failed"):
         raise RuntimeError("module failed: %s" % result.get("msg"))
     return seconds, result

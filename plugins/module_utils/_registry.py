@@ -352,4 +352,3 @@ class RegistryClient(RegistryTransport):
             raise DigestMismatch("registry %s stored manifest %s as %s, not %s"
                                  % (self.registry, self._image_name(repository, reference), echoed, digest))
         return digest
-

@@ -68,7 +68,7 @@ def run_container(run_playbook, check=False, expect_failure=False, **args):
     return result_of(run_playbook(container_playbook(**args), check=check, diff=True, expect_failure=expect_failure))
 
 
-def wait_for(predicate, timeout=20.0, what="condition"):
+def wait_for(predicate, timeout=60.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -107,7 +107,8 @@ def test_idempotency_walk_recreate_and_live_update(run_playbook, store, runtime)
     results = []
     for check, want in zip((True, False, True, False), (True, True, False, False)):
         res = run_container(run_playbook, check=check, **args)
-        assert res["changed"] is want, (check, res["result"]["actions"])
+        assert res["changed"] is want, (check, res["result"]["actions"], describe(store, "app").get("state"),
+                                        log_text(store, "app")[-500:])
         results.append(res["result"])
     assert not os.path.exists(os.path.join(store, "containers", "app")) or results[1], "check mode created nothing"
     first = results[1]["container"]

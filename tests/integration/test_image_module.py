@@ -49,6 +49,7 @@ def test_import_push_lifecycle(run_playbook, registry_open, busybox_tar, store):
     name = registry_open.host + "/lifecycle/busybox:1"
     args = dict(name=name, source="import", import_path=busybox_tar, push=True, store_root=store,
                 import_config={"cmd": ["/bin/sh"], "env": {"PATH": "/bin"}})
+
     def nothing_written():
         assert store_report(store).get("absent"), "check mode must not create the store"
 

@@ -63,7 +63,9 @@ def layer_trees(store):
 
 
 def test_kill_9_at_random_points_leaves_the_store_consistent(debian_images, scratch_dir):  # noqa: F811
-    args_for = lambda store: {"name": debian_images["top"], "store_root": store}  # noqa: E731
+    def args_for(store):
+        return {"name": debian_images["top"], "store_root": store}
+
     reference = os.path.join(scratch_dir, "reference")
     started = time.monotonic()
     code, result, err = finish(start_module(args_for(reference), scratch_dir, "reference"))

@@ -253,7 +253,10 @@ def _make_handler(issuer):
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             form = parse_qs(self.rfile.read(length).decode("utf-8")) if length else {}
-            get = lambda k: (form.get(k) or [None])[0]  # noqa: E731
+
+            def get(key):
+                return (form.get(key) or [None])[0]
+
             if parts.path != "/token":
                 self._json(404, {"errors": [{"code": "NOT_FOUND"}]})
                 return

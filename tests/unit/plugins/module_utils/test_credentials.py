@@ -67,7 +67,10 @@ def test_normalize_keys():
 
 def test_search_order(env, tmp_path):
     home = env["HOME"]
-    entry = lambda who: {"auths": {"reg.example": {"auth": b64(who, "pw-" + who)}}}  # noqa: E731
+
+    def entry(who):
+        return {"auths": {"reg.example": {"auth": b64(who, "pw-" + who)}}}
+
     files = {
         "dockercfg": (os.path.join(home, ".dockercfg"), {"reg.example": {"auth": b64("dockercfg", "x")}}),
         "docker": (os.path.join(home, ".docker", "config.json"), entry("docker")),
@@ -108,7 +111,10 @@ def test_most_specific_key_wins(env, tmp_path):
         "reg.example/team": {"auth": b64("namespace", "2")},
         "https://reg.example/team/app": {"auth": b64("repo", "3")},
     }})
-    found = lambda repo: find_credentials("reg.example", repo, auth_file=path, environ=env).username  # noqa: E731
+
+    def found(repo):
+        return find_credentials("reg.example", repo, auth_file=path, environ=env).username
+
     assert found("team/app") == "repo"
     assert found("team/app/sub") == "repo"
     assert found("team/other") == "namespace"

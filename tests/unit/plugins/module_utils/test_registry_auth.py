@@ -77,7 +77,9 @@ def test_parse_www_authenticate():
 
 
 def test_validate_realm_rules():
-    never = lambda *a, **k: pytest.fail("resolved a name that needed no resolution")  # noqa: E731
+    def never(*_args, **_kwargs):
+        pytest.fail("resolved a name that needed no resolution")
+
     # https to a public literal: fine, without any DNS.
     validate_realm("https://8.8.8.8/token", "reg.example", False, resolver=never)
     # same host as the registry: no resolution needed.

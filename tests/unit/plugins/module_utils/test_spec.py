@@ -90,8 +90,8 @@ def test_host_modes_drop_namespaces(tmp_path):
     assert "mount" in kinds
 
 
-@pytest.mark.parametrize("option, value", [("network_mode", "bridge"), ("pid_mode", "container:x"),
-                                            ("ipc_mode", "shareable")])
+@pytest.mark.parametrize("option, value", [
+    ("network_mode", "bridge"), ("pid_mode", "container:x"), ("ipc_mode", "shareable")])
 def test_unsupported_modes_name_the_option(tmp_path, option, value):
     with pytest.raises(InvalidOption, match=option):
         spec_for(tmp_path, **{option: value})

@@ -42,6 +42,7 @@ def _touch(path, ns):
 def build_tree(top):
     """A small rootfs with every kind of entry an image has."""
     os.makedirs(top)
+
     def mk(rel, data=b"", mode=0o644, uid=0, gid=0):
         path = os.path.join(top, rel)
         with open(path, "wb") as handle:
@@ -131,7 +132,7 @@ def test_real_tar_round_trip(tmp_path, writer):
     assert result.bytes_written == sum(os.lstat(os.path.join(d, f)).st_size
                                        for d, _, fs in os.walk(src) for f in fs
                                        if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f))
-                                       and not f in ("sh", "busybox-link"))
+                                       and f not in ("sh", "busybox-link"))
 
 
 def test_short_reads_give_the_same_tree(tmp_path):
@@ -195,7 +196,7 @@ def _layer(tmp_path, name, tar, **kwargs):
 
 def test_inherit_gives_implied_tmp_its_lower_mode_owner_and_xattrs(tmp_path):
     base, _ = _layer(tmp_path, "base", Tar().dir("tmp", mode=0o1777, uid=0, gid=0, mtime=777,
-                                                  xattrs={"user.keep": "1"}).dir("var", uid=7, gid=8))
+                                                 xattrs={"user.keep": "1"}).dir("var", uid=7, gid=8))
     os.setxattr(str(base / "tmp"), "trusted.overlay.opaque", b"y")  # must not be copied up
     upper, result = _layer(tmp_path, "upper", Tar().file("tmp/x", b"x").file("var/y", b"y"))
     assert sorted(result.implied_dirs) == ["tmp", "var"]
