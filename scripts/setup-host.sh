@@ -20,10 +20,15 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 APT_PACKAGES=(
-    python3 python3-venv python3-dev gcc git rsync ca-certificates
+    # build and tooling
+    python3 python3-venv python3-dev gcc git rsync ca-certificates shellcheck
+    # peers the integration tests and the demo use: registry, runtimes, images
     docker-registry apache2-utils crun runc busybox-static debootstrap
-    podman skopeo uidmap fuse-overlayfs iproute2 procps util-linux
-    xz-utils zstd e2fsprogs shellcheck
+    uidmap fuse-overlayfs iproute2 procps util-linux xz-utils zstd e2fsprogs
+    # test hosts: systemd-nspawn machines over SSH, qemu VMs (cgroup v2)
+    systemd-container openssh-client qemu-utils qemu-system-x86
+    # benchmarks only (pull comparisons)
+    podman skopeo
 )
 
 missing_packages() {
