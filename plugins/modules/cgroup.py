@@ -19,7 +19,7 @@ description:
     what the kernel reports are written, and limits change live, without touching the processes.
   - Every value is validated before anything is created, so bad input changes nothing.
 author:
-  - intermodal.containers contributors
+  - intermodal.containers contributors (@intermodal)
 requirements:
   - Python 3.9 or newer on the target.
   - Root on the target, and cgroupfs mounted read-write (at C(/sys/fs/cgroup)).

@@ -22,20 +22,23 @@ description:
   - A container is recreated only when its image digest or an option that cannot change live really changed.
     Limits and the restart policy change live, without a restart.
 author:
-  - intermodal.containers contributors
+  - intermodal.containers contributors (@intermodal)
 requirements:
   - Python 3.9 or newer on the target.
   - crun (default) or runc on the target.
   - The Python library C(requests) on the target to pull images.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - With O(pull=always), check mode asks the registry with a C(HEAD) request, so a moved tag is reported
         as a change (and a recreate) before anything is pulled.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: partial
     details:
       - O(state=restarted) and O(recreate=true) always act.

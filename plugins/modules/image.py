@@ -18,20 +18,23 @@ description:
   - Every write is staged, verified and renamed into place, so an interrupted run leaves the store
     consistent and the next run cleans up after it. Concurrent runs on one host are safe and fetch each blob once.
 author:
-  - intermodal.containers contributors
+  - intermodal.containers contributors (@intermodal)
 requirements:
   - Python 3.9 or newer on the target.
   - The Python library C(requests) on the target for registry access (the C(container_host) role installs it).
   - Optional C(isal) or C(zlib-ng) for faster gzip, and C(zstandard) for zstd layers.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - With O(pull=always), check mode asks the registry with a C(HEAD) request and reports a change only
         when the tag moved, so the prediction matches the real run.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details:
       - An import with the same tar and O(import_config) yields the same image ID and reports no change.

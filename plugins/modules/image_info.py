@@ -14,17 +14,20 @@ description:
   - Returns one, several or all images in the store on the target, with their digests, configuration and layers.
   - Reads the store only; never contacts a registry.
 author:
-  - intermodal.containers contributors
+  - intermodal.containers contributors (@intermodal)
 requirements:
   - Python 3.9 or newer on the target.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - The module only reads, so check mode returns the same facts.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 options:
   name:

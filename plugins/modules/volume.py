@@ -15,15 +15,18 @@ description:
     mount and that outlives them; several containers may share one.
   - Exports a volume to a deterministic tar and imports one back, for backups and migrations.
 author:
-  - intermodal.containers contributors
+  - intermodal.containers contributors (@intermodal)
 requirements:
   - Python 3.9 or newer on the target.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details:
       - An export of unchanged data produces the same bytes and reports no change.
