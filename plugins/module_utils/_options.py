@@ -230,6 +230,9 @@ def desired_from_params(params):
         desired[option.name] = option.normalize(params.get(option.name), params)
     # A retry count written as on-failure:N lands in params during normalisation.
     desired["restart_retries"] = params.get("restart_retries")
+    if desired["restart_retries"] is not None and desired["restart_policy"] != "on-failure":
+        raise InvalidOption("restart_retries: only applies to restart_policy=on-failure, not %s"
+                            % desired["restart_policy"])
     desired["mounts"] = _merge_mounts(params.get("mounts"), params.get("volumes"))
     desired["volumes"] = None
     limits = normalize_limits({name: params.get(name) for name in LIMIT_OPTIONS})

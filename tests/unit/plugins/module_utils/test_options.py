@@ -42,6 +42,7 @@ def test_on_failure_count_is_read_like_docker():
     (dict(mounts=[{"type": "tmpfs", "target": "relative"}]), "mounts"),
     (dict(env={"A=B": "c"}), "env"),
     (dict(stop_timeout=-1), "stop_timeout"),
+    (dict(restart_policy="always", restart_retries=3), "restart_retries"),
     (dict(memory_swap="1g"), "memory_swap"),
 ])
 def test_bad_values_name_their_option(params, word):
