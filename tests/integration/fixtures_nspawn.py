@@ -111,7 +111,7 @@ def fleet_playbook_runner(fleet, workdir):
         cmd = fleet.ansible_playbook_cmd(path, *args, limit=limit)
         proc = subprocess.run(cmd, env=dict(env, INTERMODAL_JSONL_RESULTS=results),
                               cwd=workdir, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         records = []
         if os.path.exists(results):
             with open(results) as f:

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.integration.fixtures_nspawn import fleet_playbook, nspawn_fleet  # noqa: F401 (fixtures)
+from tests.integration.fixtures_nspawn import fleet_playbook, nspawn_fleet  # noqa: F401 pylint: disable=unused-import
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,10 +52,10 @@ def test_host_has_its_own_cgroup_and_network(nspawn_fleet):
     # The bridge and the host's address live only in the fleet's network
     # namespace: the machine's own namespace has neither, and the host has
     # no route out of its subnet.
-    outside = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    outside = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=False).stdout
     assert host.address not in outside and "imtest0" not in outside
     inside = subprocess.run(nspawn_fleet.netns_cmd(["ip", "-o", "addr"]),
-                            capture_output=True, text=True).stdout
+                            capture_output=True, text=True, check=False).stdout
     assert "imtest0" in inside
     assert "default" not in sh(nspawn_fleet, "ip route").stdout
 
@@ -175,7 +175,7 @@ def container_pid(fleet, name):
 def wait_until(check, what, attempts=300, delay=0.1):
     """Poll `check` (bounded); its last truthy value, or fail naming `what`."""
     import time
-    for _ in range(attempts):
+    for _attempt in range(attempts):
         value = check()
         if value:
             return value
@@ -352,7 +352,7 @@ def test_stop_and_stale_cleanup_leave_nothing(nspawn_fleet, tmp_path):
     assert _fleet_leftovers(netns, roots, pids) == []
 
     proc = subprocess.run([sys.executable, "-c", OWNER_SCRIPT % REPO_ROOT, str(tmp_path / "stale")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == -9, proc.stderr
     info = json.loads(proc.stdout.splitlines()[-1])
     # The owner is gone but its host still runs: that is what a killed test run leaves.

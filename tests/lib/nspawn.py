@@ -162,7 +162,7 @@ def build_host_image(cache_dir=None, timings=None):
             proc = subprocess.run(
                 ["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
                  SUITE, target, apt_mirror(SUITE)],
-                capture_output=True, text=True,
+                capture_output=True, text=True, check=False,
             )
             _unmount_all_under(target)
             if proc.returncode != 0:
@@ -290,7 +290,7 @@ def _kill_and_remove_cgroups(dirs, timeout=10.0):
             continue
         subdirs = [dp for dp, _dn, _fn in os.walk(d)]
         for sub in sorted(subdirs, key=len, reverse=True):
-            for _ in range(100):  # exiting tasks leave the cgroup a moment later
+            for _attempt in range(100):  # exiting tasks leave the cgroup a moment later
                 try:
                     os.rmdir(sub)
                     break
@@ -362,9 +362,8 @@ def cleanup_stale_fleets():
     return cleaned
 
 
-
 def _run(cmd, check=True, **kwargs):
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, **kwargs)
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False, **kwargs)
     if check and proc.returncode != 0:
         raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), proc.returncode,
                                                    (proc.stdout + proc.stderr)[-2000:]))
@@ -550,7 +549,7 @@ class Fleet:
         _run(ns + ["link", "set", BRIDGE, "up"])
 
     def _kill_netns_processes(self):
-        for _ in range(50):
+        for _attempt in range(50):
             out = _run(["ip", "netns", "pids", self.netns], check=False).stdout.split()
             pids = _alive(int(p) for p in out)
             if not pids:
@@ -672,7 +671,7 @@ class Fleet:
     def ssh(self, name, cmd, timeout=120, input=None):
         return subprocess.run(self.ssh_cmd(name, cmd), capture_output=True, text=True,
                               timeout=timeout, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+                              stdin=None if input is not None else subprocess.DEVNULL, check=False)
 
     def run(self, name, cmd, via="ssh", check=False, timeout=120, input=None):
         """Run `cmd` (list, or a shell string) in host `name`; CompletedProcess.
@@ -686,7 +685,7 @@ class Fleet:
             argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
             proc = subprocess.run(["nsenter", "-t", str(leader), "-a"] + argv,
                                   capture_output=True, text=True, timeout=timeout, input=input,
-                                  stdin=None if input is not None else subprocess.DEVNULL)
+                                  stdin=None if input is not None else subprocess.DEVNULL, check=False)
         if check and proc.returncode != 0:
             raise RuntimeError("%s: %r failed (%d):\n%s%s" % (name, cmd, proc.returncode,
                                                               proc.stdout, proc.stderr))
@@ -696,7 +695,7 @@ class Fleet:
         """Copy a local file into host `name` at `dest` (over SSH)."""
         with open(src, "rb") as f:
             proc = subprocess.run(self.ssh_cmd(name, "cat > %s" % _quote(dest)), stdin=f,
-                                  capture_output=True, timeout=300)
+                                  capture_output=True, timeout=300, check=False)
         if proc.returncode != 0:
             raise RuntimeError("copy of %s to %s:%s failed: %s" % (src, name, dest, proc.stderr))
 
