@@ -277,6 +277,10 @@ class ContainerService:
             except Exception:  # pylint: disable=broad-except
                 pass  # already gone is the usual case
         self._teardown(paths)
+        # Layers of an image removed while this container ran are free now.
+        if recorded and recorded.get("image") and self.images.names().get(recorded["image"], {}).get(
+                "manifest_digest") != recorded.get("image_digest"):
+            self.images.prune()
 
     def _teardown(self, paths):
         if is_mounted(paths.rootfs):

@@ -18,6 +18,7 @@ others wait and then find it done, so a blob is fetched once.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -340,7 +341,32 @@ class ImageService:
                     raise ImageNotFound("image %s is not in the store at %s" % (ref, self.content.root))
                 del images[str(ref)]
                 remaining = dict(images)
-            return self.collect_garbage(remaining)
+            return self.collect_garbage(remaining, self._chain_ids_in_use_by_containers())
+
+    def prune(self):
+        """Free blobs and layers that neither an image nor a container uses."""
+        if not self.content.exists():
+            return {"blobs": [], "layers": []}
+        with self.content.lock("store"):
+            return self.collect_garbage(self.index.load(), self._chain_ids_in_use_by_containers())
+
+    def _chain_ids_in_use_by_containers(self):
+        """Layers that containers' root filesystems stack on: never freed under them."""
+        keep = set()
+        root = os.path.join(self.content.root, "containers")
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            return keep
+        for name in names:
+            try:
+                with open(os.path.join(root, name, "state.json")) as handle:
+                    state = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            for lower in state.get("lowers") or []:
+                keep.add("sha256:" + os.path.basename(os.path.dirname(os.path.normpath(lower))))
+        return keep
 
     def collect_garbage(self, images, keep_chain_ids=()):
         """Delete blobs and layers no image references; caller holds the store lock exclusively."""

@@ -228,3 +228,18 @@ def test_bad_input_fails_before_anything_is_created(run_playbook, store, bad, wo
     res = run_container(run_playbook, expect_failure=True, **args)
     assert word in res["result"]["msg"], res["result"]["msg"]
     assert not os.path.exists(os.path.join(store, "containers", "app"))
+
+
+def test_removing_the_image_keeps_a_running_container_whole(run_playbook, store):
+    res = run_container(run_playbook, **base(store, "runc"))["result"]
+    pid = res["container"]["state"]["pid"]
+    removed = result_of(run_playbook(task_playbook("intermodal.containers.image",
+                                                   dict(name=IMAGE, state="absent", store_root=store))))
+    assert removed["changed"] is True
+    assert os.listdir(os.path.join(store, "layers")), "the container's layers must survive the image"
+    again = run_container(run_playbook, check=True, **dict(base(store, "runc"), pull="never"),
+                          expect_failure=True)
+    assert "not in the store" in again["result"]["msg"]
+    assert describe(store, "app")["state"]["pid"] == pid
+    run_container(run_playbook, name="app", state="absent", store_root=store)
+    assert os.listdir(os.path.join(store, "layers")) == [], "freed once the container is gone"
