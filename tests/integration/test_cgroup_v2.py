@@ -1,10 +1,11 @@
-"""cgroup v2 for real: the collection's cgroup module against a qemu VM.
+"""cgroup v2 for real: the collection's cgroup and container modules on a qemu VM.
 
 This machine is hybrid (v1 controllers), so v2 enforcement can only be seen
 on the VM from tests/lib/qemu_vm.py: a stock Debian bookworm kernel with
-systemd and the unified hierarchy.  The module runs through ansible-playbook
-over SSH, as a user would run it; what it did is then checked in the VM's
-cgroupfs and by the kernel's own behaviour (OOM kills).
+systemd and the unified hierarchy.  The modules run through ansible-playbook
+over SSH, as a user would run them; what they did is then checked in the VM's
+cgroupfs and by the kernel's own behaviour (OOM kills).  Containers run with
+crun (which works as it is on a pure v2 host) under the VM's systemd.
 
 Own CI stage (skipped unless INTERMODAL_V2_VM=1):
     INTERMODAL_V2_VM=1 python3 -m pytest -m cgroupv2 tests/integration/test_cgroup_v2*.py
@@ -13,6 +14,7 @@ Own CI stage (skipped unless INTERMODAL_V2_VM=1):
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -213,3 +215,128 @@ def test_idempotency_walk(v2_host, v2_playbook):
         assert read(v2_host, path + "/cpu.max") == "50000 100000"
     finally:
         remove_cgroup(v2_host, rel)
+
+
+# ---- containers on v2 ---------------------------------------------------------------------
+
+IMAGE = "local/busybox:v2"
+
+
+@pytest.fixture(scope="module")
+def v2_busybox_image(v2_host, tmp_path_factory):
+    """A busybox image in the VM's store, made by the image module from a
+    rootfs tar (the VM has no registry to pull from)."""
+    from tests.lib.rootfs import build_busybox_rootfs
+
+    tar = build_busybox_rootfs(str(tmp_path_factory.mktemp("v2-busybox") / "busybox.tar"))
+    v2_host.put(tar, "/root/busybox.tar")
+    return IMAGE
+
+
+def import_image(v2_playbook):
+    res = v2_playbook("""- hosts: v2
+  gather_facts: false
+  tasks:
+    - name: import busybox
+      intermodal.containers.image: %s
+""" % json.dumps(dict(name=IMAGE, source="import", import_path="/root/busybox.tar",
+                      import_config={"cmd": ["sh"], "env": {"PATH": "/bin"}})))
+    assert res.task("import busybox")["status"] in ("ok", "changed")
+
+
+def container_task(v2_playbook, check=False, **args):
+    res = v2_playbook("""- hosts: v2
+  gather_facts: false
+  tasks:
+    - name: container task
+      intermodal.containers.container: %s
+""" % json.dumps(args), check=check, diff=True)
+    return res.task("container task")
+
+
+def container_args(name, **extra):
+    # stop_timeout: busybox sleep as PID 1 ignores SIGTERM; no need to wait 10 s for SIGKILL.
+    args = dict(name=name, image=IMAGE, pull="never", runtime="crun", stop_timeout=2)
+    args.update(extra)
+    return args
+
+
+def remove_container(v2_playbook, name):
+    removed = container_task(v2_playbook, name=name, state="absent", stop_timeout=2)
+    assert removed["status"] in ("ok", "changed")
+
+
+def cgroup_dir_of(host, pid):
+    line = [ln for ln in read(host, "/proc/%d/cgroup" % pid).splitlines() if ln.startswith("0::")]
+    assert line, "no v2 cgroup line for pid %d" % pid
+    return CG_ROOT + line[0][3:]
+
+
+def test_container_memory_limit_oom_kills_beyond_it(v2_host, v2_playbook, v2_busybox_image):
+    import_image(v2_playbook)
+    name = "v2-oom"
+    # dd's 128 MiB buffer is written by read(): beyond the 48 MiB limit.  The
+    # shell (PID 1) survives and reports dd's exit status.
+    command = ["sh", "-c", "dd if=/dev/zero of=/dev/null bs=128M count=1; echo dd-rc=$? > /dd.rc; "
+                           "exec sleep 100000"]
+    try:
+        started = container_task(v2_playbook, **container_args(name, command=command, memory="48m",
+                                                               memory_swap="48m"))
+        assert started["changed"]
+        ctr = started["result"]["container"]
+        assert ctr["state"]["status"] == "running"
+        assert ctr["state"]["supervisor"] == "systemd"  # the VM's PID 1 is systemd
+        pid = ctr["state"]["pid"]
+        cg = cgroup_dir_of(v2_host, pid)
+        assert cg == CG_ROOT + "/" + ctr["cgroup"]
+        assert read(v2_host, cg + "/memory.max") == str(48 * MiB)
+        assert read(v2_host, cg + "/memory.swap.max") == "0"
+
+        rc_file = ctr["rootfs"] + "/dd.rc"
+        assert wait_for_file(v2_host, rc_file) == "dd-rc=137"  # dd got SIGKILL
+        events = dict(line.split() for line in read(v2_host, cg + "/memory.events").splitlines())
+        assert int(events["oom_kill"]) >= 1
+        assert re.search(r"Memory cgroup out of memory: Killed process \d+ \(dd\)", v2_host.run("dmesg").stdout)
+
+        again = container_task(v2_playbook, **container_args(name, command=command, memory="48m",
+                                                             memory_swap="48m"))
+        assert not again["changed"]
+        assert again["result"]["container"]["stats"]["oom_kills"] >= 1
+        assert again["result"]["container"]["state"]["pid"] == pid
+    finally:
+        remove_container(v2_playbook, name)
+    assert v2_host.run("test -e %s/intermodal/%s" % (CG_ROOT, name), check=False).returncode != 0
+
+
+def test_container_idempotency_walk_and_live_memory_update(v2_host, v2_playbook, v2_busybox_image):
+    import_image(v2_playbook)
+    name = "v2-live"
+    args = container_args(name, command=["sleep", "100000"], memory="64m")
+    store = "/var/lib/intermodal/containers/" + name
+    try:
+        check1 = container_task(v2_playbook, check=True, **args)
+        assert check1["changed"]
+        assert v2_host.run("test -e " + store, check=False).returncode != 0, "check mode created it"
+
+        apply1 = container_task(v2_playbook, **args)
+        assert apply1["changed"]
+        pid = apply1["result"]["container"]["state"]["pid"]
+        cg = cgroup_dir_of(v2_host, pid)
+        assert read(v2_host, cg + "/memory.max") == str(64 * MiB)
+
+        assert not container_task(v2_playbook, check=True, **args)["changed"]
+        assert not container_task(v2_playbook, **args)["changed"]
+
+        args["memory"] = "96m"
+        changed = container_task(v2_playbook, **args)
+        assert changed["changed"]
+        actions = changed["result"]["actions"]
+        assert not any("reate" in a for a in actions), actions  # neither created nor recreated
+        assert changed["result"]["container"]["state"]["pid"] == pid
+        assert read(v2_host, cg + "/memory.max") == str(96 * MiB)
+        assert process_alive(v2_host, pid)
+        assert cgroup_dir_of(v2_host, pid) == cg
+    finally:
+        remove_container(v2_playbook, name)
+    assert v2_host.run("test -e " + store, check=False).returncode != 0
+    assert "/var/lib/intermodal/containers" not in v2_host.run("cat /proc/mounts").stdout
