@@ -202,8 +202,9 @@ def test_volumes_survive_recreate_and_are_shared(run_playbook, store, runtime):
 
 
 def test_restart_policy_brings_it_back(run_playbook, store, runtime):
-    res = run_container(run_playbook, **base(store, runtime, restart_policy="always"))["result"]
-    pid = res["container"]["state"]["pid"]
+    run_container(run_playbook, **base(store, runtime, restart_policy="always"))
+    pid = wait_for(lambda: describe(store, "app")["state"]["status"] == "running" and describe(store, "app")["state"]["pid"],
+                   what="the container to run")
     os.kill(pid, signal.SIGKILL)
     state = wait_for(lambda: (describe(store, "app")["state"]
                               if describe(store, "app")["state"].get("pid") not in (None, pid)
