@@ -121,7 +121,23 @@ link_collection() {
     log "linked $ns/containers -> $REPO"
 }
 
+prepare_cgroups() {
+    # crun refuses a hybrid cgroup host whose cgroup2 mount still carries a
+    # controller (hugetlb, on this kind of machine). The operator's fix is to
+    # mount it as a v1 hierarchy; runc needs nothing (docs/runtime.md).
+    local changed
+    changed=$(cd "$REPO" && "$VENV/bin/python" -c '
+import sys
+sys.path.insert(0, ".build/collections")
+from ansible_collections.intermodal.containers.plugins.module_utils._runtime import fix_hybrid_hugetlb
+print("yes" if fix_hybrid_hugetlb() else "no")') || { echo "setup-host.sh: cgroup preparation failed" >&2; exit 1; }
+    if [ "$changed" = yes ]; then
+        log "cgroups: mounted hugetlb as a v1 hierarchy so crun accepts this hybrid host"
+    fi
+}
+
 install_apt
 install_venv
 link_collection
+prepare_cgroups
 log "done"
