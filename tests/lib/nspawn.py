@@ -155,6 +155,10 @@ def build_host_image(cache_dir=None, timings=None):
     with _file_lock(dest + ".lock"):
         if os.path.exists(stamp):  # built by whoever held the lock before us
             return dest
+        # Left by a build that was killed: nobody else builds while we hold the lock.
+        for entry in os.listdir(cache_dir):
+            if entry.startswith("nspawn-build-"):
+                _safe_rmtree(os.path.join(cache_dir, entry))
         started = time.monotonic()
         work = tempfile.mkdtemp(prefix="nspawn-build-", dir=cache_dir)
         target = os.path.join(work, "rootfs")
