@@ -19,6 +19,7 @@ the container logic agree without importing each other::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -77,6 +78,23 @@ class ContainerPaths:
 
 def containers_dir(store_root):
     return os.path.join(os.path.abspath(store_root), "containers")
+
+
+def recorded_states(store_root):
+    """(name, state.json dict) of every container in the store; unreadable ones are skipped."""
+    root = containers_dir(store_root)
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        try:
+            with open(os.path.join(root, name, "state.json")) as handle:
+                out.append((name, json.load(handle)))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def volumes_dir(store_root):

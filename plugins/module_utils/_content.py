@@ -42,6 +42,20 @@ DEFAULT_ROOT = "/var/lib/intermodal"
 DEFAULT_LOCK_TIMEOUT = 900.0
 
 
+def hash_file(path):
+    """(sha256 digest, size) of a file, read in 1 MiB chunks."""
+    hasher = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while True:
+            data = handle.read(1024 * 1024)
+            if not data:
+                break
+            hasher.update(data)
+            size += len(data)
+    return "sha256:" + hasher.hexdigest(), size
+
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -300,16 +314,7 @@ class ContentStore:
 
     def put_file(self, path):
         """Hash a file and store a copy of it; returns (digest, size)."""
-        hasher = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as handle:
-            while True:
-                data = handle.read(1024 * 1024)
-                if not data:
-                    break
-                hasher.update(data)
-                size += len(data)
-        digest = "sha256:" + hasher.hexdigest()
+        digest, size = hash_file(path)
         if self.has_blob(digest, size):
             return digest, size
         ingest = self.ingest(digest, size)

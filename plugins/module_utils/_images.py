@@ -18,11 +18,11 @@ others wait and then find it done, so a blob is fetched once.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.intermodal.containers.plugins.module_utils._container_paths import recorded_states
 from ansible_collections.intermodal.containers.plugins.module_utils._content import ContentStore
 from ansible_collections.intermodal.containers.plugins.module_utils._errors import (
     DigestMismatch,
@@ -353,17 +353,7 @@ class ImageService:
     def _chain_ids_in_use_by_containers(self):
         """Layers that containers' root filesystems stack on: never freed under them."""
         keep = set()
-        root = os.path.join(self.content.root, "containers")
-        try:
-            names = os.listdir(root)
-        except FileNotFoundError:
-            return keep
-        for name in names:
-            try:
-                with open(os.path.join(root, name, "state.json")) as handle:
-                    state = json.load(handle)
-            except (OSError, ValueError):
-                continue
+        for _name, state in recorded_states(self.content.root):
             for lower in state.get("lowers") or []:
                 keep.add("sha256:" + os.path.basename(os.path.dirname(os.path.normpath(lower))))
         return keep

@@ -14,21 +14,10 @@ next run purges it) and reported separately.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
+from ansible_collections.intermodal.containers.plugins.module_utils._content import hash_file
 from ansible_collections.intermodal.containers.plugins.module_utils._errors import ManifestError, StoreError
-
-
-def _hash_file(path):
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            data = handle.read(1024 * 1024)
-            if not data:
-                break
-            hasher.update(data)
-    return "sha256:" + hasher.hexdigest()
 
 
 def check_store(service, verify_blobs=True):
@@ -38,7 +27,7 @@ def check_store(service, verify_blobs=True):
     blobs = content.list_blobs()
     if verify_blobs:
         for digest in blobs:
-            actual = _hash_file(content.blob_path(digest))
+            actual = hash_file(content.blob_path(digest))[0]
             if actual != digest:
                 problems.append("blob %s hashes to %s" % (digest, actual))
     chains = layers.list()

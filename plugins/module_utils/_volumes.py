@@ -26,12 +26,13 @@ import tarfile
 import time
 
 from ansible_collections.intermodal.containers.plugins.module_utils._container_paths import (
-    containers_dir,
+    recorded_states,
     validate_name,
     volumes_dir,
 )
-from ansible_collections.intermodal.containers.plugins.module_utils._content import remove_tree
+from ansible_collections.intermodal.containers.plugins.module_utils._content import hash_file, remove_tree
 from ansible_collections.intermodal.containers.plugins.module_utils._errors import IntermodalError, StoreError
+from ansible_collections.intermodal.containers.plugins.module_utils._streams import DecompressingReader
 from ansible_collections.intermodal.containers.plugins.module_utils._unpack import apply_layer
 
 
@@ -153,23 +154,8 @@ class Volume:
 
     def users(self):
         """Containers whose desired state mounts this volume."""
-        found = []
-        root = containers_dir(self.store_root)
-        try:
-            names = sorted(os.listdir(root))
-        except FileNotFoundError:
-            return found
-        for cname in names:
-            try:
-                with open(os.path.join(root, cname, "state.json")) as handle:
-                    state = json.load(handle)
-            except (OSError, ValueError):
-                continue
-            for mount in state.get("mounts", []):
-                if mount.get("type") == "volume" and mount.get("source") == self.name:
-                    found.append(cname)
-                    break
-        return found
+        return [name for name, state in recorded_states(self.store_root)
+                if any(m.get("type") == "volume" and m.get("source") == self.name for m in state.get("mounts", []))]
 
     def remove(self, force=False):
         users = self.users()
@@ -186,7 +172,7 @@ class Volume:
         tmp = dest + ".intermodal-tmp"
         try:
             self._write_tar(tmp)
-            return _file_digest(tmp) != _file_digest(dest)
+            return hash_file(tmp) != hash_file(dest)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -196,7 +182,7 @@ class Volume:
         tmp = dest + ".intermodal-tmp"
         try:
             self._write_tar(tmp)
-            if os.path.exists(dest) and _file_digest(tmp) == _file_digest(dest):
+            if os.path.exists(dest) and hash_file(tmp) == hash_file(dest):
                 return False
             os.chmod(tmp, 0o600)
             os.rename(tmp, dest)
@@ -252,10 +238,6 @@ class Volume:
         staging = os.path.join(holder, "data")
         try:
             with open(source, "rb") as handle:
-                from ansible_collections.intermodal.containers.plugins.module_utils._streams import (  # pylint: disable=import-outside-toplevel
-                    DecompressingReader,
-                )
-
                 stream = DecompressingReader(handle)
                 try:
                     apply_layer(stream, staging)
@@ -266,17 +248,6 @@ class Volume:
             remove_tree(holder)
             raise
         return staging
-
-
-def _file_digest(path):
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            data = handle.read(1024 * 1024)
-            if not data:
-                break
-            hasher.update(data)
-    return hasher.hexdigest()
 
 
 def list_volumes(store_root):
