@@ -85,6 +85,19 @@ def test_memory_limit_on_a_transient_unit_is_enforced(nspawn_fleet):
     sh(nspawn_fleet, "systemctl reset-failed intermodal-oom-probe.service", check=False)
 
 
+def test_reboot_keeps_the_disk_and_starts_a_new_boot(nspawn_fleet):
+    """Fleet.reboot() powers the host off and boots the same root again."""
+    other = sorted(nspawn_fleet.hosts)[-1]  # the host the container tests do not use
+    run = nspawn_fleet.run
+    boot_id = run(other, "cat /proc/sys/kernel/random/boot_id", check=True).stdout.strip()
+    run(other, "echo kept > /root/reboot-probe && echo lost > /run/reboot-probe", check=True)
+    nspawn_fleet.reboot(other)
+    assert run(other, "cat /proc/sys/kernel/random/boot_id", check=True).stdout.strip() != boot_id
+    assert run(other, "cat /root/reboot-probe", check=True).stdout.strip() == "kept"
+    assert run(other, "test -e /run/reboot-probe").returncode != 0
+    assert run(other, "systemctl is-system-running --wait").stdout.strip() in ("running", "degraded")
+
+
 def test_crun_and_runc_are_installed(nspawn_fleet):
     assert sh(nspawn_fleet, "crun --version").stdout.startswith("crun version")
     assert sh(nspawn_fleet, "runc --version").stdout.startswith("runc version")

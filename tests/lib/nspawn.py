@@ -541,6 +541,24 @@ class Fleet:
         self.timings[what] = now - since
         return now
 
+    def reboot(self, name):
+        """Power host `name` off and boot it again from the same root (what
+        survives is what a real reboot keeps: the disk, not /run or mounts);
+        waits for SSH."""
+        host = self.hosts[name]
+        if host.proc is not None and host.proc.poll() is None:
+            host.proc.send_signal(signal.SIGTERM)
+            try:
+                host.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                host.proc.kill()
+                host.proc.wait()
+        _kill_and_remove_cgroups(host.cgroups)
+        host.cgroups = []
+        host.leader = None
+        self._boot(host)
+        self._wait_for_ssh(host)
+
     # -- setup steps -------------------------------------------------------------
 
     def _make_network(self):
