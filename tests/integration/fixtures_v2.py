@@ -89,6 +89,9 @@ def _release(config, failed=False):
             host.stop()
     finally:
         timings["stage_seconds"] = round(time.monotonic() - _SHARED["started"], 1)
+        for key, value in timings.items():  # build step durations come unrounded
+            if isinstance(value, float):
+                timings[key] = round(value, 1)
         if workdir:
             with open(os.path.join(workdir, "timings.json"), "w") as f:
                 json.dump(timings, f)
