@@ -23,17 +23,16 @@ author:
 requirements:
   - Python 3.9 or newer on the target.
   - Root on the target, and cgroupfs mounted read-write (at C(/sys/fs/cgroup)).
+extends_documentation_fragment:
+  - intermodal.containers.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - Check mode reads cgroupfs and reports exactly the limits a real run would write.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details:
       - Values are compared in the kernel's own units (page-rounded bytes, v2 weights), so a second run

@@ -16,29 +16,23 @@ description:
   - Reads only; never changes a container.
 author:
   - intermodal.containers contributors (@intermodal)
-requirements:
-  - Python 3.9 or newer on the target.
+extends_documentation_fragment:
+  - intermodal.containers.attributes
+  - intermodal.containers.store
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - The module only reads, so check mode returns the same facts.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 options:
   name:
     description: Container names to report; all when omitted. Unknown names are listed in RV(missing).
     type: list
     elements: str
-  store_root:
-    description: Root of the intermodal store on the target.
-    type: path
-    default: /var/lib/intermodal
 seealso:
   - module: intermodal.containers.container
 """

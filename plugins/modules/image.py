@@ -20,21 +20,20 @@ description:
 author:
   - intermodal.containers contributors (@intermodal)
 requirements:
-  - Python 3.9 or newer on the target.
-  - The Python library C(requests) on the target for registry access (the C(container_host) role installs it).
   - Optional C(isal) or C(zlib-ng) for faster gzip, and C(zstandard) for zstd layers.
+extends_documentation_fragment:
+  - intermodal.containers.attributes
+  - intermodal.containers.store
+  - intermodal.containers.registry
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - With O(pull=always), check mode asks the registry with a C(HEAD) request and reports a change only
         when the tag moved, so the prediction matches the real run.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details:
       - An import with the same tar and O(import_config) yields the same image ID and reports no change.
@@ -134,34 +133,6 @@ options:
         (checked with one C(HEAD) per name). Blobs the registry already has are skipped.
     type: bool
     default: false
-  store_root:
-    description: Root of the image store on the target.
-    type: path
-    default: /var/lib/intermodal
-  username:
-    description:
-      - Registry user name. When unset, credentials come from the files users already have,
-        in containers' order (C(REGISTRY_AUTH_FILE), C(auth.json), C(~/.docker/config.json) with credHelpers).
-    type: str
-  password:
-    description: Registry password or token.
-    type: str
-  auth_file:
-    description: Read credentials from this C(auth.json) or C(config.json) file only.
-    type: path
-  validate_certs:
-    description: Verify the registry's TLS certificate.
-    type: bool
-    default: true
-    aliases: [tls_verify]
-  ca_path:
-    description: CA bundle to verify the registry with.
-    type: path
-  insecure:
-    description:
-      - Allow plain HTTP and unverified TLS. Unset means true for loopback registries
-        (C(localhost), C(127.0.0.0/8), C(::1)), as docker does, and false otherwise.
-    type: bool
   timeout:
     description: Seconds to wait for each registry request.
     type: int

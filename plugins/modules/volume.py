@@ -16,17 +16,15 @@ description:
   - Exports a volume to a deterministic tar and imports one back, for backups and migrations.
 author:
   - intermodal.containers contributors (@intermodal)
-requirements:
-  - Python 3.9 or newer on the target.
+extends_documentation_fragment:
+  - intermodal.containers.attributes
+  - intermodal.containers.store
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
     details:
       - An export of unchanged data produces the same bytes and reports no change.
@@ -69,10 +67,6 @@ options:
     description: Remove the volume even if containers use it.
     type: bool
     default: false
-  store_root:
-    description: Root of the intermodal store on the target.
-    type: path
-    default: /var/lib/intermodal
 seealso:
   - module: intermodal.containers.container
 """

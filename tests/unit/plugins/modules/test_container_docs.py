@@ -14,7 +14,14 @@ container = importlib.import_module("ansible_collections.intermodal.containers.p
 
 
 def _docs():
-    return yaml.safe_load(container.DOCUMENTATION)["options"]
+    """The module's options merged with those of its doc fragments, as ansible-doc shows them."""
+    doc = yaml.safe_load(container.DOCUMENTATION)
+    options = dict(doc["options"])
+    for fragment in doc.get("extends_documentation_fragment", []):
+        name = fragment.rsplit(".", 1)[1]
+        module = importlib.import_module("ansible_collections.intermodal.containers.plugins.doc_fragments." + name)
+        options.update(yaml.safe_load(module.ModuleDocFragment.DOCUMENTATION).get("options") or {})
+    return options
 
 
 def test_every_table_option_is_documented_with_its_spec():
