@@ -3,11 +3,8 @@
 This machine has no systemd as PID 1, so tests of the systemd supervision
 path boot their own hosts, following docs/test-hosts.md:
 
-- build_host_image(cache_dir=None) -> path of a cached root directory: a
-  `debootstrap --variant=minbase bookworm` root with systemd, sshd, python3,
-  crun and runc baked in (the hosts have no NAT and no DNS), configured for
-  nspawn (see _configure_image).  Built once under /var/cache/intermodal-tests;
-  a lock file makes concurrent builders share one build.
+- build_host_image(cache_dir=None) -> path of a cached root directory
+  (tests/lib/nspawn_image.py, re-exported here).
 - Fleet(names, workdir): hosts on a bridge inside a network namespace that the
   fleet creates (intermodal-fleet-<id>), so the hosts can reach nothing but
   each other and the bridge, and nothing outside can reach them.  Each host
@@ -32,29 +29,19 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
-from tests.lib.rootfs import _file_lock, _safe_rmtree, _unmount_all_under, apt_mirror, debian_arch
+from tests.lib.nspawn_cgroups import (
+    _alive, _kill_and_remove_cgroups, _make_cgroup, _own_cgroups, _procs, process_state,
+)
+from tests.lib.nspawn_image import (
+    BUILTIN_MODULES, DEFAULT_CACHE_DIR, IMAGE_VERSION, PACKAGES, _write, build_host_image,
+)
+from tests.lib.rootfs import _safe_rmtree, _unmount_all_under
 
-DEFAULT_CACHE_DIR = "/var/cache/intermodal-tests"
-SUITE = "bookworm"
-# Bump when anything that ends up in the image changes: it is the cache key.
-IMAGE_VERSION = "1"
-PACKAGES = [
-    "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-requests",
-    "iproute2", "procps", "iptables", "crun", "runc",
-    # modprobe of the built-in modules listed in modules.builtin
-    "kmod",
-]
-# Built into this machine's kernel (which has no module support); listed in
-# each host's modules.builtin so `modprobe` inside a host succeeds.
-BUILTIN_MODULES = [
-    "kernel/fs/overlayfs/overlay.ko",
-    "kernel/net/bridge/bridge.ko",
-    "kernel/net/bridge/br_netfilter.ko",
-    "kernel/drivers/net/veth.ko",
-    "kernel/net/netfilter/nf_tables.ko",
+__all__ = [
+    "BRIDGE", "BUILTIN_MODULES", "DEFAULT_CACHE_DIR", "Fleet", "Host", "IMAGE_VERSION", "PACKAGES",
+    "build_host_image", "cleanup_stale_fleets", "nspawn_available", "process_state",
 ]
 
 SUBNET_PREFIX = "10.213.77."
@@ -68,244 +55,6 @@ SSH_OPTIONS = [
     "-o", "ConnectTimeout=3",
 ]
 CGROUP_ROOT = "/sys/fs/cgroup"
-
-# ---- what is baked into the image ------------------------------------------------
-
-# nspawn mounts the v1 controllers read-only into the host, so memory limits
-# set by the host's systemd are silently not written.  Remounting each one rw
-# (remount,bind: a plain remount gives EBUSY) and re-executing systemd fixes it.
-_CGROUP_RW_UNIT = """[Unit]
-Description=Make the cgroup controllers writable inside systemd-nspawn
-ConditionVirtualization=systemd-nspawn
-DefaultDependencies=no
-After=systemd-remount-fs.service
-Before=sysinit.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/sh -c 'for d in /sys/fs/cgroup/*/; do mount -o remount,bind,rw "$d"; done'
-ExecStart=/bin/systemctl daemon-reexec
-
-[Install]
-WantedBy=sysinit.target
-"""
-
-_SYSTEM_CONF = """[Manager]
-# A test host must shut down quickly.
-DefaultTimeoutStopSec=10s
-"""
-
-# Units that only slow a test host down or fail without hardware.
-_MASKED_UNITS = [
-    "systemd-networkd-wait-online.service", "apt-daily.timer", "apt-daily-upgrade.timer",
-    "e2scrub_all.timer", "fstrim.timer", "systemd-timesyncd.service",
-    "getty@tty1.service", "console-getty.service",
-]
-
-
-def _write(path, text, mode=0o644):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-    os.chmod(path, mode)
-
-
-def _mask(root, unit):
-    link = os.path.join(root, "etc/systemd/system", unit)
-    os.makedirs(os.path.dirname(link), exist_ok=True)
-    if os.path.lexists(link):
-        os.unlink(link)
-    os.symlink("/dev/null", link)
-
-
-def _configure_image(root):
-    _write(os.path.join(root, "etc/systemd/system/intermodal-cgroup-rw.service"), _CGROUP_RW_UNIT)
-    _write(os.path.join(root, "etc/systemd/system.conf.d/intermodal-tests.conf"), _SYSTEM_CONF)
-    for unit in _MASKED_UNITS:
-        _mask(root, unit)
-    subprocess.run(["chroot", root, "systemctl", "enable", "intermodal-cgroup-rw.service",
-                    "systemd-networkd.service", "ssh.service"],
-                   check=True, capture_output=True)
-    # Per-host files are written at copy time; the image holds no identity.
-    for rel in ("etc/machine-id", "var/lib/dbus/machine-id"):
-        path = os.path.join(root, rel)
-        if os.path.lexists(path):
-            os.unlink(path)
-    _write(os.path.join(root, "etc/machine-id"), "")
-    shutil.rmtree(os.path.join(root, "var/cache/apt/archives"), ignore_errors=True)
-    os.makedirs(os.path.join(root, "var/cache/apt/archives/partial"), exist_ok=True)
-    shutil.rmtree(os.path.join(root, "var/lib/apt/lists"), ignore_errors=True)
-    os.makedirs(os.path.join(root, "var/lib/apt/lists/partial"), exist_ok=True)
-
-
-def build_host_image(cache_dir=None, timings=None):
-    """Path of the cached host root directory, built on first use.
-
-    Needs root, debootstrap and the apt mirror configured on this machine.
-    If `timings` is a dict, it gets "debootstrap" and "total" seconds when a
-    build happens.
-    """
-    cache_dir = cache_dir or os.environ.get("INTERMODAL_TEST_CACHE", DEFAULT_CACHE_DIR)
-    os.makedirs(cache_dir, exist_ok=True)
-    dest = os.path.join(cache_dir, "nspawn-%s-%s-v%s" % (SUITE, debian_arch(), IMAGE_VERSION))
-    stamp = os.path.join(dest, ".intermodal-complete")
-    if os.path.exists(stamp):
-        return dest
-    with _file_lock(dest + ".lock"):
-        if os.path.exists(stamp):  # built by whoever held the lock before us
-            return dest
-        # Left by a build that was killed: nobody else builds while we hold the lock.
-        for entry in os.listdir(cache_dir):
-            if entry.startswith("nspawn-build-"):
-                _safe_rmtree(os.path.join(cache_dir, entry))
-        started = time.monotonic()
-        work = tempfile.mkdtemp(prefix="nspawn-build-", dir=cache_dir)
-        target = os.path.join(work, "rootfs")
-        try:
-            proc = subprocess.run(
-                ["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
-                 SUITE, target, apt_mirror(SUITE)],
-                capture_output=True, text=True, check=False,
-            )
-            _unmount_all_under(target)
-            if proc.returncode != 0:
-                raise RuntimeError("debootstrap for the nspawn host image failed (%d):\n%s"
-                                   % (proc.returncode, (proc.stdout + proc.stderr)[-4000:]))
-            if timings is not None:
-                timings["debootstrap"] = time.monotonic() - started
-            _configure_image(target)
-            with open(os.path.join(target, ".intermodal-complete"), "w") as f:
-                f.write("packages: %s\n" % " ".join(PACKAGES))
-            if os.path.exists(dest):  # a half-built leftover of a killed build
-                _safe_rmtree(dest)
-            os.rename(target, dest)
-            if timings is not None:
-                timings["total"] = time.monotonic() - started
-        finally:
-            _safe_rmtree(work)
-    return dest
-
-
-# ---- cgroups -----------------------------------------------------------------------
-
-def _cgroup_mounts():
-    """{hierarchy key: mountpoint}; key is the controller list as in
-    /proc/self/cgroup ("memory", "cpu", "name=systemd", "" for cgroup2)."""
-    mounts = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, right = line.split(" - ", 1)
-            fstype, _source, options = right.split()[:3]
-            mnt = left.split()[4]
-            if fstype == "cgroup2":
-                mounts.setdefault("", mnt)
-            elif fstype == "cgroup":
-                opts = set(options.split(","))
-                mounts.setdefault(frozenset(o for o in opts if o not in ("rw", "ro")), mnt)
-    return mounts
-
-
-def _own_cgroups():
-    """[(mountpoint, own path)] for every mounted hierarchy, taken once: the
-    content of /proc/self/cgroup changes as a process moves."""
-    mounts = _cgroup_mounts()
-    found = []
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _hid, ctrls, path = line.rstrip("\n").split(":", 2)
-            if ctrls == "":
-                mnt = mounts.get("")
-            else:
-                want = set(ctrls.split(","))
-                mnt = next((m for k, m in mounts.items() if k != "" and want <= k), None)
-            if mnt:
-                found.append((mnt, path))
-    return found
-
-
-def _make_cgroup(mnt, own, parts):
-    """Create own/parts[0]/parts[1]... under mnt; v1 cpuset children start
-    empty, so copy cpus and mems from the parent at each level."""
-    path = mnt + own.rstrip("/")
-    for part in parts:
-        parent, path = path, os.path.join(path, part)
-        os.makedirs(path, exist_ok=True)
-        for knob in ("cpuset.cpus", "cpuset.mems"):
-            if os.path.exists(os.path.join(path, knob)):
-                with open(os.path.join(parent, knob)) as f:
-                    value = f.read().strip()
-                with open(os.path.join(path, knob), "w") as f:
-                    f.write(value)
-    return path
-
-
-def _procs(cgroup_dir):
-    pids = set()
-    for dirpath, _dirs, files in os.walk(cgroup_dir):
-        if "cgroup.procs" in files:
-            try:
-                with open(os.path.join(dirpath, "cgroup.procs")) as f:
-                    pids.update(int(x) for x in f.read().split())
-            except OSError:
-                pass
-    return pids
-
-
-def process_state(pid):
-    """The State: letter of /proc/PID/status, or None when the pid is gone.
-    This machine's PID 1 reaps orphans late, so kill -0 would see zombies."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("State:"):
-                    return line.split()[1]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
-
-
-def _alive(pids):
-    return {p for p in pids if process_state(p) not in (None, "Z", "X")}
-
-
-def _kill_and_remove_cgroups(dirs, timeout=10.0):
-    """SIGKILL everything left in `dirs` (and below), wait until only zombies
-    remain, then remove the directories deepest first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = set()
-        for d in dirs:
-            if os.path.isdir(d):
-                alive |= _alive(_procs(d))
-        if not alive:
-            break
-        for pid in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("processes %s survive SIGKILL in %s" % (sorted(alive), dirs))
-        time.sleep(0.05)
-    failed = []
-    for d in dirs:
-        if not os.path.isdir(d):
-            continue
-        subdirs = [dp for dp, _dn, _fn in os.walk(d)]
-        for sub in sorted(subdirs, key=len, reverse=True):
-            for _attempt in range(100):  # exiting tasks leave the cgroup a moment later
-                try:
-                    os.rmdir(sub)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            else:
-                failed.append(sub)
-    if failed:
-        raise RuntimeError("could not remove cgroups %s" % failed)
 
 
 # ---- the fleet -------------------------------------------------------------------
