@@ -108,7 +108,7 @@ def _mode(name):
 def _restart_policy(value, params):
     """'on-failure:3' is accepted as docker writes it; retries then come from it."""
     text = value or "no"
-    policy, _, count = text.partition(":")
+    policy, _sep, count = text.partition(":")
     if policy not in ("no", "on-failure", "always", "unless-stopped"):
         raise InvalidOption("restart_policy: must be no, on-failure[:max], always or unless-stopped, got %r" % text)
     if count:

@@ -231,7 +231,7 @@ def _variant_number(variant, default):
 def _arm64_vector(os_name, variant):
     # compare.go: arm64/v9.x -> v9.(x-1)..v9 -> v8.(x+5)..v8, then arm/v8..v5.
     variant = variant or "v8"
-    major_text, _, minor_text = variant.lstrip("v").partition(".")
+    major_text, _dot, minor_text = variant.lstrip("v").partition(".")
     out = [(os_name, "arm64", variant)]
     try:
         major = int(major_text)

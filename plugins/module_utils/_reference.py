@@ -155,7 +155,7 @@ def parse_reference(text, default_tag=DEFAULT_TAG):
 
     remainder, digest = text, None
     if "@" in remainder:
-        remainder, _, digest = remainder.partition("@")
+        remainder, _at, digest = remainder.partition("@")
         if not _DIGEST_RE.match(digest):
             raise InvalidReference("invalid image reference %r: bad digest %r" % (text, digest))
         validate_digest(digest)

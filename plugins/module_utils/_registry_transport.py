@@ -286,13 +286,18 @@ class RegistryTransport:
                 self._credentials.setdefault(key, found)
         return self._credentials[key]
 
+    def _now(self):
+        # Looked up at each call, so a clock swapped in later (tests) reaches
+        # authenticators made earlier.
+        return self._clock()
+
     def _authenticator(self, repository):
         creds = self._credentials_for(repository)
         with self._lock:
             auth = self._authenticators.get(creds)
             if auth is None:
                 auth = Authenticator(self.registry, creds, self._token_transport,
-                                     insecure=self.insecure, clock=lambda: self._clock(),
+                                     insecure=self.insecure, clock=self._now,
                                      resolver=self._resolver, user_agent=self._user_agent)
                 self._authenticators[creds] = auth
         return auth

@@ -157,7 +157,7 @@ class Runtime:
         os.makedirs(self.state_root, mode=0o700, exist_ok=True)
         try:
             proc = subprocess.run(argv, input=input_, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  universal_newlines=True, timeout=COMMAND_TIMEOUT, close_fds=True)
+                                  universal_newlines=True, timeout=COMMAND_TIMEOUT, close_fds=True, check=False)
         except subprocess.TimeoutExpired:
             raise RuntimeCommandError("%s %s did not finish in %ds" % (self.name, args[0], COMMAND_TIMEOUT))
         if check and proc.returncode != 0:

@@ -252,7 +252,7 @@ class _Applier(object):
         if not target:
             raise UnsafeLayer("layer hard link %s points at the layer root" % show(components))
         try:
-            src_fd, _ = resolve_dir(self.root_fd, target[:-1], None, self.limits.max_depth)
+            src_fd, _real = resolve_dir(self.root_fd, target[:-1], None, self.limits.max_depth)
         except (FileNotFoundError, NotADirectoryError):
             raise missing
         try:
@@ -436,7 +436,7 @@ def inherit_parent_metadata(layer_dir, implied_dirs, lower_dirs):
 
 def _open_real_dir(root_fd, components):
     """A readable fd of the directory ``components`` names, or None."""
-    path_fd, _ = resolve_dir(root_fd, components)
+    path_fd, _real = resolve_dir(root_fd, components)
     try:
         return os.open(".", _DIR_FLAGS, dir_fd=path_fd)
     finally:

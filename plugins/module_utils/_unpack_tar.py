@@ -83,7 +83,7 @@ def _pax_time_ns(value, offset):
     sign = 1
     if value[:1] == b"-":
         sign, value = -1, value[1:]
-    whole, _, frac = value.partition(b".")
+    whole, _dot, frac = value.partition(b".")
     if not whole.isdigit() or (frac and not frac.isdigit()):
         raise UnsafeLayer("malformed PAX mtime %r at byte %d" % (value, offset))
     return sign * (int(whole) * 1000000000 + int(frac[:9].ljust(9, b"0") or b"0"))
