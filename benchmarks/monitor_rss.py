@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Resident memory of N container monitors (budget: 12 MiB VmRSS each).
 
 Starts N monitors through the real code path (Supervisor.start: libexec copy,
@@ -27,7 +26,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 # tests.conftest puts the collection on sys.path
-import tests.conftest  # noqa: E402,F401 pylint: disable=unused-import
+import tests.conftest  # noqa: E402,F401  # pylint: disable=unused-import
 
 from ansible_collections.intermodal.containers.plugins.module_utils._container_paths import ContainerPaths  # noqa: E402
 from ansible_collections.intermodal.containers.plugins.module_utils._supervise import MonitorSupervisor  # noqa: E402

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Pull benchmark: intermodal.containers against podman, skopeo and the physical floors.
 
 Run as root from the repository root (see benchmarks/README.md and docs/performance.md):
@@ -123,7 +122,7 @@ timed.cpu = 0.0
 
 
 def run(cmd, env=None, check=True):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise RuntimeError("%s failed (%d):\n%s" % (" ".join(cmd), proc.returncode,
                                                     (proc.stdout + proc.stderr)[-3000:]))
@@ -215,7 +214,7 @@ def module_run(work, store, ref_text, pull="missing"):
     env = dict(os.environ, PYTHONPATH=COLLECTIONS_DIR)
 
     def go():
-        return subprocess.run([sys.executable, MODULE, args], env=env, capture_output=True, text=True)
+        return subprocess.run([sys.executable, MODULE, args], env=env, capture_output=True, text=True, check=False)
     seconds, proc = timed(go)
     try:
         result = json.loads(proc.stdout)
@@ -390,17 +389,17 @@ _BUCKET_OF = {fn: bucket for bucket, fns in PROFILE_BUCKETS.items() for fn in fn
 
 def _bucket(frames):
     """frames: (function, file) from the thread's root to the sampled frame."""
-    names = [fn for fn, _ in frames]
+    names = [fn for fn, _where in frames]
     if names and names[-1] in ("Condition.wait", "Event.wait", "Thread.join"):
         if "DecompressingReader.read" in names:
             return "wait for decompressed data"
         if "ImageService._layer_job" in names:
             return "wait for the parent layer"
         return "wait for the layer threads"
-    for fn, _ in reversed(frames):
+    for fn, _where in reversed(frames):
         if fn in _BUCKET_OF:
             return _BUCKET_OF[fn]
-    for _, path in reversed(frames):
+    for _fn, path in reversed(frames):
         if path in PROFILE_FILE_BUCKETS:
             return PROFILE_FILE_BUCKETS[path]
     return "other"
@@ -416,7 +415,7 @@ def profile_pull(base, ref_text, rate=250):
                                stdout=spy_log, stderr=subprocess.STDOUT)
         try:
             time.sleep(1.0)  # py-spy attaches asynchronously
-            seconds, _ = ours_pull(store, ref_text)
+            seconds, _result = ours_pull(store, ref_text)
             time.sleep(0.3)
         finally:
             spy.send_signal(signal.SIGINT)
@@ -427,14 +426,14 @@ def profile_pull(base, ref_text, rate=250):
     threads = {}
     with open(raw) as handle:
         for line in handle:
-            stack, _, count = line.rstrip().rpartition(" ")
+            stack, _space, count = line.rstrip().rpartition(" ")
             frames = stack.partition(": ")[2].split(";")
             name = frames[0].rstrip("0123456789").rstrip("_") or frames[0]
             parsed = []
             for frame in frames[1:]:
-                fn, _, where = frame.partition(" (")
+                fn, _paren, where = frame.partition(" (")
                 parsed.append((fn, os.path.basename(where.rsplit(":", 1)[0])))
-            if name == "MainThread" and "ours_pull.<locals>.go" not in [fn for fn, _ in parsed]:
+            if name == "MainThread" and "ours_pull.<locals>.go" not in [fn for fn, _where in parsed]:
                 continue  # the sleeps around the pull
             bucket = _bucket(parsed)
             per = threads.setdefault(name, {})
@@ -539,7 +538,7 @@ def bench(args, work, base):
     try:
         log("registry on %s; publishing the Debian test image" % registry.host)
         ref_text = publish_image(base, registry)
-        timings = {key: [] for key, _ in ROWS}
+        timings = {key: [] for key, _label in ROWS}
         floors = {"download": [], "decompress": [], "tar_extract": [], "tar_sync": []}
         cpu = {key: [] for key in timings}
 
@@ -555,7 +554,7 @@ def bench(args, work, base):
         for i in range(args.runs):
             log("run %d/%d: ours" % (i + 1, args.runs))
             store = os.path.join(base, "ours-%d" % i)
-            seconds, _ = ours_pull(store, ref_text)
+            seconds, _result = ours_pull(store, ref_text)
             record("ours_cold", seconds)
             if image is None:
                 image = describe_image(store, parse_reference(ref_text))

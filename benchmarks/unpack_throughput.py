@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: intermodal.containers contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Unpack throughput: apply_layer vs GNU ``tar -x`` on the same tar, on tmpfs.
 
-Usage: benchmarks/unpack_throughput.py [TAR] [--dir /dev/shm] [--runs 3]
+Usage: python3 benchmarks/unpack_throughput.py [TAR] [--dir /dev/shm] [--runs 3]
 Without TAR, a tar of /usr/share is made first. Prints entries/s and MB/s
 (best of the runs) for both. Not a test: numbers depend on the machine.
 """
@@ -34,7 +33,7 @@ def _count(tar_path):
 
 def _time(func, runs, workdir):
     best = None
-    for _ in range(runs):
+    for _run in range(runs):
         dest = tempfile.mkdtemp(dir=workdir)
         start = time.perf_counter()
         func(dest)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Regenerate the options section of plugins/modules/container.py from the options table.
 
 The table in plugins/module_utils/_options.py is the source of truth; this
@@ -42,7 +41,7 @@ def main():
     with open(MODULE) as handle:
         source = handle.read()
     head, rest = source.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    _head, tail = rest.split(END, 1)
     new = head + BEGIN + render() + END + tail
     if new != source:
         with open(MODULE, "w") as handle:
