@@ -145,7 +145,7 @@ def _deb822_stanzas(text):
         if line[0] in " \t" and key:
             stanza[key] += " " + line.strip()
             continue
-        key, _, value = line.partition(":")
+        key, _sep, value = line.partition(":")
         key = key.strip().lower()
         stanza[key] = value.strip()
     if stanza:
@@ -210,8 +210,8 @@ def _unmount_all_under(path):
     """Undo mounts debootstrap may leave behind (proc, sys, a tmpfs /dev with
     bind-mounted devices) before anything under `path` is deleted."""
     for mnt in sorted(_mounts_under(path), key=len, reverse=True):
-        if subprocess.run(["umount", mnt], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", mnt], capture_output=True)
+        if subprocess.run(["umount", mnt], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
     left = _mounts_under(path)
     if left:
         raise RuntimeError("could not unmount %s; refusing to delete %s" % (left, path))
@@ -261,7 +261,7 @@ def build_debian_minbase(cache_dir=None, suite=DEBIAN_SUITE, mirror=None, timing
             started = time.monotonic()
             proc = subprocess.run(
                 ["debootstrap", "--variant=minbase", suite, target, mirror],
-                capture_output=True, text=True,
+                capture_output=True, text=True, check=False,
             )
             if timings is not None:
                 timings["debootstrap"] = time.monotonic() - started

@@ -80,8 +80,8 @@ def parse_scopes(scopes):
         for item in scope.split(" "):
             if not item:
                 continue
-            typ, _, rest = item.partition(":")
-            name, _, actions = rest.rpartition(":")
+            typ, _sep, rest = item.partition(":")
+            name, _sep, actions = rest.rpartition(":")
             if not typ or not name:
                 continue
             out.append({"type": typ, "name": name,

@@ -171,8 +171,8 @@ def test_token_expiring_mid_pull_is_refreshed(fake, store):
 
 
 def test_insufficient_scope_rescopes_once(fake, store):
-    _, digest = store.add_manifest("lib/app", "v1", {"schemaVersion": 2, "manifests": []},
-                                   "application/vnd.oci.image.index.v1+json")
+    _unused, digest = store.add_manifest("lib/app", "v1", {"schemaVersion": 2, "manifests": []},
+                                         "application/vnd.oci.image.index.v1+json")
     realm = TokenRealm(fake, store)
     wider = "repository:lib/app:pull,push"
     fake.handler = lambda req: realm.serve(req, scope_for=lambda r: wider)
@@ -189,7 +189,7 @@ def test_insufficient_scope_rescopes_once(fake, store):
     fake.handler = handler
     assert client.get_manifest("lib/app", "v1")[2] == digest
     # ... then insufficient_scope names the wider one: exactly one re-scope.
-    assert [sorted(s) for _, s in realm.issued] == [["repository:lib/app:pull"], [wider]]
+    assert [sorted(s) for _unused, s in realm.issued] == [["repository:lib/app:pull"], [wider]]
 
 
 def test_insufficient_scope_again_is_fatal(fake, store):
@@ -227,14 +227,14 @@ def test_repeated_401_is_an_authentication_error_without_secrets(fake, store):
     assert text.startswith("authentication to %s failed" % fake.host)
     assert "'alice'" in text
     assert len(fake.seen("GET", "/v2/lib/")) == 2        # original + one retry with a fresh token
-    for secret in [PASSWORD] + [t for t, _ in realm.issued]:
+    for secret in [PASSWORD] + [t for t, _unused in realm.issued]:
         assert secret not in text and secret not in repr(err.value.details)
         assert secret not in repr(client) and secret not in repr(client._authenticator("lib/app"))
 
 
 def test_basic_credentials_go_to_the_token_server(fake, store):
-    _, digest = store.add_manifest("lib/app", "v1", {"schemaVersion": 2, "manifests": []},
-                                   "application/vnd.oci.image.index.v1+json")
+    _unused, digest = store.add_manifest("lib/app", "v1", {"schemaVersion": 2, "manifests": []},
+                                         "application/vnd.oci.image.index.v1+json")
     realm = TokenRealm(fake, store, username="alice", password=PASSWORD)
     fake.handler = realm.serve
     assert make_client(fake, username="alice", password=PASSWORD).get_manifest("lib/app", "v1")[2] == digest
@@ -244,8 +244,8 @@ def test_basic_credentials_go_to_the_token_server(fake, store):
 
 
 def test_identity_token_uses_oauth2_post_then_falls_back_to_get(fake, store, tmp_path):
-    _, digest = store.add_manifest("lib/app", "v1", {"schemaVersion": 2, "manifests": []},
-                                   "application/vnd.oci.image.index.v1+json")
+    _unused, digest = store.add_manifest("lib/app", "v1", {"schemaVersion": 2, "manifests": []},
+                                         "application/vnd.oci.image.index.v1+json")
     realm = TokenRealm(fake, store)
 
     def handler(req):

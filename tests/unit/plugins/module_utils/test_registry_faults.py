@@ -226,7 +226,7 @@ def test_lying_docker_content_digest_is_detected(fake, store):
 
 
 def test_by_digest_manifest_with_other_bytes_is_rejected(fake, store):
-    _, digest = store.add_manifest("lib/app", "v1", manifest_doc())
+    _unused, digest = store.add_manifest("lib/app", "v1", manifest_doc())
     other = json.dumps(manifest_doc("sha256:" + "e" * 64)).encode()
     # The registry serves different bytes under the pinned digest (and no header).
     fake.handler = lambda req: Reply(200, {"Content-Type": OCI_MANIFEST}, other) \

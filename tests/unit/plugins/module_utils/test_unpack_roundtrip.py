@@ -130,7 +130,7 @@ def test_real_tar_round_trip(tmp_path, writer):
     assert describe(str(dest), xattrs=full, ns=full) == describe(src, xattrs=full, ns=full)
     assert result.implied_dirs == []
     assert result.bytes_written == sum(os.lstat(os.path.join(d, f)).st_size
-                                       for d, _, fs in os.walk(src) for f in fs
+                                       for d, _unused, fs in os.walk(src) for f in fs
                                        if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f))
                                        and f not in ("sh", "busybox-link"))
 
@@ -195,8 +195,8 @@ def _layer(tmp_path, name, tar, **kwargs):
 
 
 def test_inherit_gives_implied_tmp_its_lower_mode_owner_and_xattrs(tmp_path):
-    base, _ = _layer(tmp_path, "base", Tar().dir("tmp", mode=0o1777, uid=0, gid=0, mtime=777,
-                                                 xattrs={"user.keep": "1"}).dir("var", uid=7, gid=8))
+    base, _unused = _layer(tmp_path, "base", Tar().dir("tmp", mode=0o1777, uid=0, gid=0, mtime=777,
+                                                       xattrs={"user.keep": "1"}).dir("var", uid=7, gid=8))
     os.setxattr(str(base / "tmp"), "trusted.overlay.opaque", b"y")  # must not be copied up
     upper, result = _layer(tmp_path, "upper", Tar().file("tmp/x", b"x").file("var/y", b"y"))
     assert sorted(result.implied_dirs) == ["tmp", "var"]
@@ -210,8 +210,8 @@ def test_inherit_gives_implied_tmp_its_lower_mode_owner_and_xattrs(tmp_path):
 
 
 def test_inherit_takes_the_topmost_lower_and_stops_at_a_non_directory(tmp_path):
-    base, _ = _layer(tmp_path, "base", Tar().dir("a", mode=0o1777).dir("b", mode=0o1777))
-    mid, _ = _layer(tmp_path, "mid", Tar().dir("a", mode=0o700, uid=5).file("b", b"file now"))
+    base, _unused = _layer(tmp_path, "base", Tar().dir("a", mode=0o1777).dir("b", mode=0o1777))
+    mid, _unused = _layer(tmp_path, "mid", Tar().dir("a", mode=0o700, uid=5).file("b", b"file now"))
     upper, result = _layer(tmp_path, "upper", Tar().file("a/x").file("b/x"))
     inherit_parent_metadata(str(upper), result.implied_dirs, [str(mid), str(base)])
     st = os.lstat(str(upper / "a"))
@@ -224,10 +224,10 @@ def test_inherit_resolves_lower_symlinks_inside_the_lower(tmp_path):
     host.mkdir()
     os.chmod(str(host), 0o711)
     os.setxattr(str(host), "user.host", b"secret")
-    base, _ = _layer(tmp_path, "base", Tar()
-                     .symlink("data", str(host))           # absolute: the lower's own /<host path>
-                     .symlink("loop", "loop/x")
-                     .dir("var/tmp", mode=0o1777).symlink("run", "var/tmp"))
+    base, _unused = _layer(tmp_path, "base", Tar()
+                           .symlink("data", str(host))           # absolute: the lower's own /<host path>
+                           .symlink("loop", "loop/x")
+                           .dir("var/tmp", mode=0o1777).symlink("run", "var/tmp"))
     upper, result = _layer(tmp_path, "upper", Tar().file("data/x").file("run/y").file("loop/z"))
     inherit_parent_metadata(str(upper), result.implied_dirs, [str(base)])
     assert stat.S_IMODE(os.lstat(str(upper / "data")).st_mode) == 0o755
@@ -261,8 +261,8 @@ def test_remove_tree_handles_locked_dirs_devices_and_never_follows_symlinks(tmp_
 
 
 def test_remove_tree_of_an_unpacked_layer(tmp_path):
-    layer, _ = _layer(tmp_path, "layer", Tar().dir("ro", mode=0o000).file("ro/f", b"x", mode=0)
-                      .symlink("up", "/").file("d/.wh.x"), privileged=True)
+    layer, _unused = _layer(tmp_path, "layer", Tar().dir("ro", mode=0o000).file("ro/f", b"x", mode=0)
+                            .symlink("up", "/").file("d/.wh.x"), privileged=True)
     remove_tree(str(layer))
     assert not os.path.lexists(str(layer))
 
@@ -300,7 +300,7 @@ def test_unprivileged_user_unpacks_locked_dirs_and_removes_them():
                 traceback.print_exc()
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        _unused, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
         remove_tree(work)
