@@ -66,7 +66,7 @@ def teardown_parent(layout, parent):
         if not os.path.isdir(top):
             continue
         for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda entry: -entry[0].count("/")):
-            for _ in range(200):
+            for _attempt in range(200):
                 try:
                     with open(os.path.join(dirpath, "cgroup.procs")) as handle:
                         pids = [int(p) for p in handle.read().split()]

@@ -170,7 +170,7 @@ def make_playbook_runner(env, workdir):
         cmd += list(extra_args)
         run_env = dict(env, INTERMODAL_JSONL_RESULTS=results_path)
         proc = subprocess.run(cmd, env=run_env, cwd=workdir, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         records = []
         if os.path.exists(results_path):
             with open(results_path, encoding="utf-8") as f:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.image_helpers import COLLECTIONS_DIR  # noqa: F401 (puts the collection on sys.path)
+# Imported for its side effect: puts the collection on sys.path.
+from tests.integration.image_helpers import COLLECTIONS_DIR  # noqa: F401  # pylint: disable=unused-import
 from tests.lib.rootfs import build_debian_delta_layer, build_debian_minbase
 
 from ansible_collections.intermodal.containers.plugins.module_utils._image_import import apply_import, plan_import

@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from tests.integration.cgroup_fixtures import cgroup_parent, procs  # noqa: F401 (fixtures)
+# pytest fixtures: pytest finds them by name in this module's namespace.
+from tests.integration.cgroup_fixtures import cgroup_parent, procs  # noqa: F401  # pylint: disable=unused-import
 from ansible_collections.intermodal.containers.plugins.module_utils._cgroups import (
     Cgroup,
     CgroupError,
@@ -45,7 +46,7 @@ def _cgroup(cgroup_parent, name, limits=None):
 
 
 def _wait_for(condition, tries=500):
-    for _ in range(tries):
+    for _attempt in range(tries):
         if condition():
             return
         time.sleep(0.02)
@@ -83,7 +84,7 @@ def test_memory_limit_gets_an_allocation_oom_killed(cgroup_parent, procs):
     # b"x" * n writes every page, so the allocation is really charged.
     hog = procs.start_in(cgroup, [PY, "-c", "b = b'x' * (256 << 20); print('survived', len(b))"],
                          stdout=subprocess.PIPE)
-    out, _ = hog.communicate(timeout=120)
+    out, _err = hog.communicate(timeout=120)
     assert hog.returncode == -signal.SIGKILL, (hog.returncode, out)
     assert b"survived" not in out
     stats = cgroup.stats()
@@ -94,7 +95,7 @@ def test_memory_limit_gets_an_allocation_oom_killed(cgroup_parent, procs):
     cgroup.apply(normalize_limits({"memory": "512m", "memory_swap": "512m"}))
     ok = procs.start_in(cgroup, [PY, "-c", "b = b'x' * (256 << 20); print('survived', len(b))"],
                         stdout=subprocess.PIPE)
-    out, _ = ok.communicate(timeout=120)
+    out, _err = ok.communicate(timeout=120)
     assert ok.returncode == 0 and b"survived" in out
 
 
@@ -122,7 +123,7 @@ def test_pids_limit_makes_fork_fail(cgroup_parent, procs):
     cgroup = _cgroup(cgroup_parent, "pids", {"pids_limit": 4})
     assert _file(cgroup, "pids", "pids.max") == "4"
     proc = procs.start_in(cgroup, [PY, "-c", FORKER], stdout=subprocess.PIPE)
-    out, _ = proc.communicate(timeout=60)
+    out, _err = proc.communicate(timeout=60)
     report = json.loads(out)
     # The python process itself is one of the 4.
     assert report["forked"] == 3, report
@@ -131,7 +132,7 @@ def test_pids_limit_makes_fork_fail(cgroup_parent, procs):
     cgroup.apply(normalize_limits({"pids_limit": 0}))
     assert cgroup.read()["pids_limit"] is None
     proc = procs.start_in(cgroup, [PY, "-c", FORKER], stdout=subprocess.PIPE)
-    out, _ = proc.communicate(timeout=60)
+    out, _err = proc.communicate(timeout=60)
     assert json.loads(out) == {"forked": 10, "errors": []}
 
 

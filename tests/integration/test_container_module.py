@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from tests.integration.image_helpers import COLLECTIONS_DIR, result_of, task_playbook  # noqa: F401
+# COLLECTIONS_DIR: imported for its side effect, puts the collection on sys.path.
+from tests.integration.image_helpers import COLLECTIONS_DIR  # noqa: F401  # pylint: disable=unused-import
+from tests.integration.image_helpers import result_of, task_playbook
 from tests.lib.rootfs import build_busybox_rootfs
 
 from ansible_collections.intermodal.containers.plugins.module_utils._containers import ContainerService
@@ -191,7 +193,7 @@ def test_volumes_survive_recreate_and_are_shared(run_playbook, store, runtime):
     run_container(run_playbook, **writer)  # recreated: the volume keeps its data
     data = os.path.join(store, "volumes", "shared", "_data", "file")
     wait_for(lambda: open(data).read().count("hello") == 2, what="the second write")
-    reader = dict(writer, name="reader", command=["sh", "-c", "cat /data/file; exec sleep 1000"])
+    reader = {**writer, "name": "reader", "command": ["sh", "-c", "cat /data/file; exec sleep 1000"]}
     run_container(run_playbook, **reader)
     wait_for(lambda: log_text(store, "reader").count("hello") == 2, what="the reader to see both writes")
     # The volume is in use: removing it is refused.
@@ -238,7 +240,7 @@ def test_removing_the_image_keeps_a_running_container_whole(run_playbook, store)
                                                    dict(name=IMAGE, state="absent", store_root=store))))
     assert removed["changed"] is True
     assert os.listdir(os.path.join(store, "layers")), "the container's layers must survive the image"
-    again = run_container(run_playbook, check=True, **dict(base(store, "runc"), pull="never"),
+    again = run_container(run_playbook, check=True, **{**base(store, "runc"), "pull": "never"},
                           expect_failure=True)
     assert "not in the store" in again["result"]["msg"]
     assert describe(store, "app")["state"]["pid"] == pid

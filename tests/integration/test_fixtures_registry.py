@@ -91,10 +91,10 @@ def test_open_registry_push_and_pull(registry_open):
 
 def test_blob_fetches_counts_successful_blob_gets(registry_open):
     s = _session()
-    _, cdigest, ldigest = _push_image(s, registry_open, "fixtures/counting", "v1")
+    _unused, cdigest, ldigest = _push_image(s, registry_open, "fixtures/counting", "v1")
     before_c = registry_open.blob_fetches(cdigest)
     before_l = registry_open.blob_fetches(ldigest)
-    for _ in range(3):
+    for _attempt in range(3):
         assert s.get("%s/v2/fixtures/counting/blobs/%s" % (registry_open.url, ldigest)).status_code == 200
     # a Range request (206) counts, a HEAD does not, a 404 does not
     r = s.get("%s/v2/fixtures/counting/blobs/%s" % (registry_open.url, cdigest),
@@ -125,7 +125,7 @@ def test_htpasswd_rejects_bad_and_accepts_good_credentials(registry_htpasswd):
     good = (registry_htpasswd.username, registry_htpasswd.password)
     assert s.get(registry_htpasswd.url + "/v2/", auth=good).status_code == 200
     s.auth = good
-    mdigest, _, _ = _push_image(s, registry_htpasswd, "fixtures/basic", "v1")
+    mdigest, _unused, _unused = _push_image(s, registry_htpasswd, "fixtures/basic", "v1")
     r = s.get("%s/v2/fixtures/basic/manifests/%s" % (registry_htpasswd.url, mdigest),
               headers={"Accept": MANIFEST_TYPE})
     assert r.status_code == 200 and _digest(r.content) == mdigest
@@ -136,7 +136,7 @@ def test_htpasswd_rejects_bad_and_accepts_good_credentials(registry_htpasswd):
 
 def _parse_challenge(header):
     """'Bearer k="v",k2="a,b"' -> ('Bearer', {k: v, k2: 'a,b'}); commas may sit inside quotes."""
-    scheme, _, params = header.partition(" ")
+    scheme, _sep, params = header.partition(" ")
     out = {}
     for m in re.finditer(r'(\w+)=(?:"([^"]*)"|([^,\s]*))', params):
         out[m.group(1)] = m.group(2) if m.group(2) is not None else m.group(3)
@@ -146,7 +146,7 @@ def _parse_challenge(header):
 def _jwt_parts(token):
     def dec(p):
         return json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
-    h, c, _ = token.split(".")
+    h, c, _unused = token.split(".")
     return dec(h), dec(c)
 
 
@@ -179,7 +179,7 @@ def test_token_flow_end_to_end(registry_token):
     bearer = {"Authorization": "Bearer " + body["token"]}
     assert s.get(reg.url + "/v2/", headers=bearer).status_code == 200
     # the token really authorises push and pull on that repository
-    mdigest, _, _ = _push_image(s, reg, "fixtures/tok", "v1", headers=bearer)
+    mdigest, _unused, _unused = _push_image(s, reg, "fixtures/tok", "v1", headers=bearer)
     r = s.get("%s/v2/fixtures/tok/manifests/v1" % reg.url,
               headers=dict(bearer, Accept=MANIFEST_TYPE))
     assert r.status_code == 200 and _digest(r.content) == mdigest
@@ -206,14 +206,14 @@ def test_anonymous_token_pulls_but_cannot_push(registry_token):
     authed = s.get(reg.issuer.realm, params={"service": "intermodal-test-registry",
                                              "scope": "repository:fixtures/anon:pull,push"},
                    auth=(reg.username, reg.password)).json()["token"]
-    mdigest, _, _ = _push_image(s, reg, "fixtures/anon", "v1",
-                                headers={"Authorization": "Bearer " + authed})
+    mdigest, _unused, _unused = _push_image(s, reg, "fixtures/anon", "v1",
+                                            headers={"Authorization": "Bearer " + authed})
 
     r = s.get(reg.issuer.realm, params={"service": "intermodal-test-registry",
                                         "scope": "repository:fixtures/anon:pull,push"})
     assert r.status_code == 200
     anon_token = r.json()["token"]
-    _, claims = _jwt_parts(anon_token)
+    _unused, claims = _jwt_parts(anon_token)
     assert claims["access"][0]["actions"] == ["pull"]
     assert reg.issuer.requests[-1]["had_basic_auth"] is False
     bearer = {"Authorization": "Bearer " + anon_token}
@@ -224,7 +224,7 @@ def test_anonymous_token_pulls_but_cannot_push(registry_token):
 
     r = s.post("%s/v2/fixtures/anon/blobs/uploads/" % reg.url, headers=bearer)
     assert r.status_code in (401, 403)
-    _, params = _parse_challenge(r.headers["WWW-Authenticate"])
+    _unused, params = _parse_challenge(r.headers["WWW-Authenticate"])
     assert params["error"] == "insufficient_scope"
     # distribution lists the actions in no fixed order (a Go map)
     (wanted,) = parse_scopes([params["scope"]])

@@ -14,7 +14,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.fixtures_images import debian_images, publish  # noqa: F401 (fixture)
+# debian_images is a pytest fixture: pytest finds it by name in this module's namespace.
+from tests.integration.fixtures_images import debian_images, publish  # noqa: F401  # pylint: disable=unused-import
 from tests.integration.image_helpers import image_playbook, result_of, store_report
 from tests.lib.rootfs import (
     DELTA_ADDED,

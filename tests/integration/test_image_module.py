@@ -84,7 +84,7 @@ def test_pull_always_follows_a_moving_tag(run_playbook, registry_open, busybox_t
     run_playbook(image_playbook(name=name, source="import", import_path=busybox_tar, push=True,
                                 store_root=publisher, import_config={"cmd": ["echo", "one"]}))
     pull = image_playbook(name=name, pull="always", store_root=puller)
-    _, first, _, _ = _walk(run_playbook, pull, (True, True, False, False))
+    _unused, first, _unused, _unused = _walk(run_playbook, pull, (True, True, False, False))
 
     # A warm pull with pull=always is one HEAD request and nothing else.
     registry_open.clear_log()

@@ -33,7 +33,7 @@ from ansible_collections.intermodal.containers.plugins.module_utils._registry im
 
 pytestmark = pytest.mark.integration
 
-OCI_INDEX, _, OCI_MANIFEST, _ = MANIFEST_MEDIA_TYPES
+OCI_INDEX, _unused, OCI_MANIFEST, _unused = MANIFEST_MEDIA_TYPES
 NO_AUTH_FILES = {"HOME": "/nonexistent-home", "PATH": "/usr/bin:/bin"}
 
 
@@ -127,7 +127,7 @@ def test_push_then_pull_round_trip(open_registry):
 def test_index_and_cross_repo_mount(open_registry):
     layer = os.urandom(4096)
     with client_for(open_registry) as client:
-        manifest, config, _ = push_image(client, "mount/source", "v1", layer)
+        manifest, config, _unused = push_image(client, "mount/source", "v1", layer)
         for blob in (layer, config):
             assert client.push_blob("mount/target", digest_of(blob), len(blob), lambda b=blob: io.BytesIO(b),
                                     mount_from="mount/source") == "mounted"
@@ -171,7 +171,7 @@ def test_htpasswd_basic_auth(basic_registry):
     reg = basic_registry
     layer = os.urandom(2048)
     with client_for(reg, username=reg.username, password=reg.password) as client:
-        manifest, _, _ = push_image(client, "basic/app", "v1", layer)
+        manifest, _unused, _unused = push_image(client, "basic/app", "v1", layer)
         assert client.resolve("basic/app", "v1")["digest"] == digest_of(manifest)
         assert client.get_blob("basic/app", digest_of(layer), len(layer)) == layer
     with client_for(reg, username=reg.username, password="wrong-" + reg.password) as client:
@@ -199,7 +199,7 @@ def test_token_auth(token_registry):
     reg = token_registry
     layer = os.urandom(3000)
     with client_for(reg, username=reg.username, password=reg.password) as client:
-        manifest, _, _ = push_image(client, "tok/app", "v1", layer)
+        manifest, _unused, _unused = push_image(client, "tok/app", "v1", layer)
     with client_for(reg) as anonymous:                          # anonymous pull is allowed
         assert anonymous.resolve("tok/app", "v1")["digest"] == digest_of(manifest)
         assert anonymous.get_blob("tok/app", digest_of(layer), len(layer)) == layer
@@ -231,7 +231,7 @@ def tls_registry():
 
 def test_tls_loopback_is_insecure_but_stays_on_https(tls_registry):
     with RegistryClient(tls_registry["host"], environ=NO_AUTH_FILES) as client:
-        manifest, _, _ = push_image(client, "tls/app", "v1", b"layer over https")
+        manifest, _unused, _unused = push_image(client, "tls/app", "v1", b"layer over https")
         assert client._scheme == "https"       # the https attempt answered: no fallback to http
         assert client.resolve("tls/app", "v1")["digest"] == digest_of(manifest)
 

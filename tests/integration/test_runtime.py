@@ -27,7 +27,8 @@ import uuid
 
 import pytest
 
-from tests.integration.image_helpers import COLLECTIONS_DIR  # noqa: F401 (puts the collection on sys.path)
+# Imported for its side effect: puts the collection on sys.path.
+from tests.integration.image_helpers import COLLECTIONS_DIR  # noqa: F401  # pylint: disable=unused-import
 from tests.lib.rootfs import build_busybox_rootfs
 
 from ansible_collections.intermodal.containers.plugins.module_utils import _rootfs, _runtime, _spec
@@ -109,7 +110,7 @@ def _remove_test_cgroups():
                             pass
             except OSError:
                 pass
-            for _ in range(50):
+            for _attempt in range(50):
                 try:
                     os.rmdir(dirpath)
                     break
@@ -149,7 +150,7 @@ class Box:
         argv = self.runtime.run_argv(self.paths.bundle, self.runtime_id)
         try:
             return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  universal_newlines=True, timeout=RUN_TIMEOUT)
+                                  universal_newlines=True, timeout=RUN_TIMEOUT, check=False)
         finally:
             self.runtime.delete(self.runtime_id, force=True)
 
@@ -184,7 +185,7 @@ def _remove_leaf(path):
                     pass
     except OSError:
         pass
-    for _ in range(50):
+    for _attempt in range(50):
         try:
             os.rmdir(path)
             return
@@ -418,7 +419,7 @@ def test_state_ps_update_kill_on_a_running_container(box, runtime):
         proc.stdout.close()
         proc.stderr.close()
     # foreground run deletes its container when it ends
-    for _ in range(50):
+    for _attempt in range(50):
         if runtime.state(b.runtime_id) is None:
             break
         time.sleep(0.1)

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from tests.integration.image_helpers import COLLECTIONS_DIR  # noqa: F401 (puts the collection on sys.path)
+# Imported for its side effect: puts the collection on sys.path.
+from tests.integration.image_helpers import COLLECTIONS_DIR  # noqa: F401  # pylint: disable=unused-import
 
 from ansible_collections.intermodal.containers.plugins.module_utils import _rootfs
 

@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from tests.integration.fixtures_images import debian_images  # noqa: F401 (fixture)
+# pytest fixture: pytest finds it by name in this module's namespace.
+from tests.integration.fixtures_images import debian_images  # noqa: F401  # pylint: disable=unused-import
 from tests.integration.image_helpers import COLLECTIONS_DIR, REPO_ROOT, store_report
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -112,7 +113,7 @@ def test_four_concurrent_pulls_fetch_each_blob_once(debian_images, registry_open
     for code, result, err in results:
         assert code == 0, err
         assert result["image"]["name"] == debian_images["top"]
-    assert sum(1 for _, result, _ in results if result["changed"]) >= 1
+    assert sum(1 for _unused, result, _unused in results if result["changed"]) >= 1
     fetched = registry_open.blob_fetches()
     # Two layers and one config: each fetched exactly once across the four runs.
     assert len(fetched) == 3 and set(fetched.values()) == {1}, fetched

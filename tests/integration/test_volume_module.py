@@ -28,7 +28,7 @@ def walk(run_playbook, playbook, expect):
 def test_volume_lifecycle(run_playbook, scratch_dir):
     store = os.path.join(scratch_dir, "store")
     args = dict(name="data", store_root=store, owner="1000", group="1000", mode="0750", labels={"app": "db"})
-    check, created, _, again = walk(run_playbook, volume_playbook(**args), (True, True, False, False))
+    check, created, _unused, again = walk(run_playbook, volume_playbook(**args), (True, True, False, False))
     assert check["diff"]["before"] == {} and check["diff"]["after"]["mode"] == "0750"
     path = created["volume"]["path"]
     st = os.stat(path)
@@ -61,7 +61,7 @@ def test_export_and_import_round_trip(run_playbook, scratch_dir):
     assert result_of(run_playbook(export))["changed"] is True, "changed data must be exported again"
 
     restore = volume_playbook(name="copy", store_root=store, import_from=backup)
-    _, imported, _, _ = walk(run_playbook, restore, (True, True, False, False))
+    _unused, imported, _unused, _unused = walk(run_playbook, restore, (True, True, False, False))
     copy = imported["volume"]["path"]
     with open(os.path.join(copy, "sub", "file")) as handle:
         assert handle.read() == "payload\nmore\n"
