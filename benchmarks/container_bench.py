@@ -458,7 +458,10 @@ def controller_dirs():
 
 
 def remove_cgroup_tree(path):
-    """Remove empty cgroup dirs bottom-up (a cgroup with processes stays and is reported)."""
+    """Remove empty cgroup dirs bottom-up (a cgroup with processes stays and is reported).
+
+    Only ever called on cgroups this benchmark named (cbench-*), never on a parent others share.
+    """
     for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda e: -e[0].count("/")):
         try:
             os.rmdir(dirpath)
@@ -466,8 +469,19 @@ def remove_cgroup_tree(path):
             log("cleanup: cannot remove cgroup %s: %s" % (dirpath, exc))
 
 
+def rmdir_if_empty(path):
+    """One rmdir: succeeds only when the cgroup has no children and no processes."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 def cleanup_cgroups(before):
-    """Our bench's intermodal/<cbench...> leftovers, and podman's libpod_parent if this run created it."""
+    """intermodal/cbench-* leftovers; the shared parents only when this run created them and they are empty.
+
+    Other users' cgroups under intermodal/ or libpod_parent/ are never walked into.
+    """
     for ctrl in controller_dirs():
         base = os.path.join(ctrl, "intermodal")
         if os.path.isdir(base):
@@ -475,10 +489,11 @@ def cleanup_cgroups(before):
                 if entry.startswith(BENCH_PREFIX) and os.path.isdir(os.path.join(base, entry)):
                     remove_cgroup_tree(os.path.join(base, entry))
             if base not in before:
-                remove_cgroup_tree(base)
+                rmdir_if_empty(base)
         libpod = os.path.join(ctrl, "libpod_parent")
         if os.path.isdir(libpod) and libpod not in before:
-            remove_cgroup_tree(libpod)
+            rmdir_if_empty(os.path.join(libpod, "conmon"))  # podman's cgroupfs manager leaves this one
+            rmdir_if_empty(libpod)
 
 
 def existing_cgroups():
