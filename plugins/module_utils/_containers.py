@@ -36,6 +36,7 @@ from ansible_collections.intermodal.containers.plugins.module_utils._rootfs impo
     ensure_short_links,
     is_mounted,
     mount_overlay,
+    overlay_remount_argv,
     unmount,
 )
 from ansible_collections.intermodal.containers.plugins.module_utils._runtime import Runtime
@@ -221,10 +222,15 @@ class ContainerService:
         paths = self.paths(name)
         runtime = Runtime(recorded["options"]["runtime"])
         runtime.check()
+        short = ensure_short_links(self.store_root, recorded["lowers"])
         if not is_mounted(paths.rootfs):
             # After a reboot the overlay is gone; the layers are not.
-            mount_overlay(ensure_short_links(self.store_root, recorded["lowers"]), paths.upper, paths.work, paths.rootfs)
-        self.supervisor.start(paths, runtime, self.policy(recorded))
+            mount_overlay(short, paths.upper, paths.work, paths.rootfs)
+        extra = {}
+        if self.supervisor.kind == "systemd":
+            # The unit remounts it when it starts at boot, before any module run.
+            extra["mount_argv"] = overlay_remount_argv(short, paths.upper, paths.work, paths.rootfs)
+        self.supervisor.start(paths, runtime, self.policy(recorded), **extra)
 
     def stop(self, name):
         recorded = self.recorded(name)

@@ -21,6 +21,7 @@ import ctypes.util
 import errno
 import hashlib
 import os
+import shlex
 import stat
 import threading
 
@@ -195,6 +196,51 @@ def _match_root_dir(upper, top_lower):
         os.chown(upper, want.st_uid, want.st_gid)
 
 
+def overlay_options(lower_dirs, upper=None, work=None, target="the container filesystem"):
+    """``(data, base)``: the overlayfs mount options and the directory they are relative to.
+
+    ``base`` is None when the absolute paths fit in mount(2)'s one page; else
+    the options name paths relative to ``base`` (the mount must run with
+    ``base`` as its cwd). ``mount_overlay`` and the systemd unit's remount
+    (``overlay_remount_argv``) both use this, so they mount the same thing.
+    """
+    lowers = [os.path.abspath(p) for p in lower_dirs]
+    paths = lowers + ([os.path.abspath(upper), os.path.abspath(work)] if upper is not None else [])
+    for path in paths:
+        _escape_check(path)
+    extra = []
+    if os.path.exists("/sys/module/overlay/parameters/index"):
+        extra.append("index=off")  # the same layers serve many mounts; the index would tie them to one upper
+    page = os.sysconf("SC_PAGESIZE") - 1
+    data = _overlay_data(lowers, *(paths[-2:] if upper is not None else (None, None)), extra=extra)
+    if len(data) <= page:
+        return data, None
+    base = os.path.commonpath(paths)
+    rel = [os.path.relpath(p, base) for p in paths]
+    n = len(lowers)
+    data = _overlay_data(rel[:n], *(rel[n:] if upper is not None else (None, None)), extra=extra)
+    if len(data) > page:
+        raise MountError("overlay options for %s are %d bytes, over the %d-byte page limit even with "
+                         "short links (%d layers)" % (target, len(data), page, n))
+    return data, base
+
+
+def overlay_remount_argv(lower_dirs, upper, work, target):
+    """argv that mounts the container's overlay at ``target`` unless something is mounted there.
+
+    For a systemd unit's ExecStartPre: after a reboot the unit starts the
+    container before any module run, and the overlay (unlike its layers,
+    upper and work dirs) is gone. ``lower_dirs`` should be the short links.
+    """
+    target = os.path.abspath(target)
+    _escape_check(target)
+    data, base = overlay_options(lower_dirs, upper, work, target=target)
+    mount = "/bin/mount -t overlay overlay -o %s %s" % (shlex.quote(data), shlex.quote(target))
+    if base is not None:
+        mount = "cd %s && %s" % (shlex.quote(base), mount)
+    return ["/bin/sh", "-c", "/bin/mountpoint -q %s || { %s; }" % (shlex.quote(target), mount)]
+
+
 def mount_overlay(lower_dirs, upper, work, target, read_only=False):
     """Mount overlayfs at ``target``: ``lower_dirs`` top-most first, container layer in upper/work.
 
@@ -227,23 +273,12 @@ def mount_overlay(lower_dirs, upper, work, target, read_only=False):
         lowers.append(empty)
         paths.insert(1, empty)
     os.makedirs(target, mode=0o755, exist_ok=True)
-    extra = []
-    if os.path.exists("/sys/module/overlay/parameters/index"):
-        extra.append("index=off")  # the same layers serve many mounts; the index would tie them to one upper
     flags = MS_RDONLY if read_only else 0
-    page = os.sysconf("SC_PAGESIZE") - 1
-    data = _overlay_data(lowers, *(paths[-2:] if upper is not None else (None, None)), extra=extra)
     try:
-        if len(data) <= page:
+        data, base = overlay_options(lowers, *(paths[-2:] if upper is not None else (None, None)), target=target)
+        if base is None:
             sys_mount("overlay", target, "overlay", flags, data)
             return
-        base = os.path.commonpath(paths)
-        rel = [os.path.relpath(p, base) for p in paths]
-        n = len(lowers)
-        data = _overlay_data(rel[:n], *(rel[n:] if upper is not None else (None, None)), extra=extra)
-        if len(data) > page:
-            raise MountError("overlay options for %s are %d bytes, over the %d-byte page limit even with "
-                             "short links (%d layers)" % (target, len(data), page, n))
         # mount(2) resolves relative lowerdirs against the cwd: chdir, serialized for threads.
         with _CHDIR_LOCK:
             cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 
 from ansible_collections.intermodal.containers.plugins.module_utils._errors import IntermodalError
 from ansible_collections.intermodal.containers.plugins.module_utils._monitor import (
@@ -49,6 +50,9 @@ def empty_status(status="created"):
 
 
 UNIT_DIR = "/etc/systemd/system"
+START_LIMIT_INTERVAL = 60
+START_LIMIT_BURST = 10
+START_WAIT = 30.0  # seconds start() waits for the runtime's pid file
 _TS_RE = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)")
 
 
@@ -83,14 +87,17 @@ def restart_settings(policy, systemd_version=0):
     name, limit = policy["restart_policy"], policy.get("max_retries")
     unit = []
     service = ["Restart=%s" % {"no": "no", "on-failure": "on-failure"}.get(name, "always"),
-               "RestartSec=100ms"]
+               "RestartSec=1s"]
     if name == "on-failure" and limit:
         unit += ["StartLimitIntervalSec=infinity", "StartLimitBurst=%d" % (limit + 1)]
     elif name != "no":
-        unit += ["StartLimitIntervalSec=0"]
+        # A container that cannot start (say its rootfs cannot be mounted)
+        # must not retry forever: more than 10 starts a minute marks the unit
+        # failed until the next explicit start or boot.
+        unit += ["StartLimitIntervalSec=%d" % START_LIMIT_INTERVAL, "StartLimitBurst=%d" % START_LIMIT_BURST]
     if name != "no" and systemd_version >= 254:
-        # Backoff like the monitor's: 100 ms growing to 10 s.
-        service += ["RestartSteps=7", "RestartMaxDelaySec=10s"]
+        # Backoff like the monitor's, growing to 10 s.
+        service += ["RestartSteps=5", "RestartMaxDelaySec=10s"]
     return unit, service
 
 
@@ -108,10 +115,15 @@ def delete_argv(run_argv, runtime_id):
     return prefix + ["delete", "--force", runtime_id]
 
 
-def render_unit(paths, run_argv, policy, systemd_version=0, stop_argv=None):
-    """Text of the unit for one container."""
+def render_unit(paths, run_argv, policy, systemd_version=0, stop_argv=None, mount_argv=None):
+    """Text of the unit for one container.
+
+    ``mount_argv`` (``_rootfs.overlay_remount_argv``) mounts the container's
+    overlay when it is not mounted, as after a reboot.
+    """
     stop_argv = stop_argv or delete_argv(run_argv, paths.runtime_id)
     unit, service = restart_settings(policy, systemd_version)
+    mount = ["ExecStartPre=" + " ".join(systemd_quote(a) for a in mount_argv)] if mount_argv else []
     lines = ["# Written by intermodal.containers for container %s; the next run overwrites changes." % paths.name,
              "[Unit]",
              "Description=intermodal.containers container %s" % paths.name,
@@ -119,6 +131,7 @@ def render_unit(paths, run_argv, policy, systemd_version=0, stop_argv=None):
         "",
         "[Service]",
         "Type=simple",
+    ] + mount + [
         # Runtime state left by a crash or a reboot would make `run` fail.
         "ExecStartPre=-" + " ".join(systemd_quote(a) for a in stop_argv),
         "ExecStart=" + " ".join(systemd_quote(a) for a in run_argv),
@@ -193,25 +206,44 @@ class SystemdSupervisor:
         self._run("daemon-reload")
         return True
 
-    def _apply(self, paths, policy, run_argv=None):
+    def _apply(self, paths, policy, run_argv=None, mount_argv=None):
         launch = read_json(os.path.join(paths.dir, LAUNCH_FILE)) or {}
         run_argv = run_argv or launch.get("argv")
+        mount_argv = mount_argv or launch.get("mount_argv")
         if not run_argv:
             raise SupervisorError("container %s has never been started: no command for its unit" % paths.name)
         os.makedirs(paths.dir, exist_ok=True)
-        write_json_atomic(os.path.join(paths.dir, LAUNCH_FILE), dict(launch, argv=run_argv, runtime_id=paths.runtime_id))
+        write_json_atomic(os.path.join(paths.dir, LAUNCH_FILE),
+                          dict(launch, argv=run_argv, mount_argv=mount_argv, runtime_id=paths.runtime_id))
         write_json_atomic(os.path.join(paths.dir, POLICY_FILE), {k: v for k, v in policy.items() if k != "serial"})
-        self._write_unit(paths, render_unit(paths, run_argv, policy, self.version()))
+        self._write_unit(paths, render_unit(paths, run_argv, policy, self.version(), mount_argv=mount_argv))
         self._run("enable" if starts_at_boot(policy) else "disable", paths.unit_name, check=False)
 
-    def start(self, paths, runtime, policy, argv=None, env=None):
+    def start(self, paths, runtime, policy, argv=None, env=None, mount_argv=None):
+        """Start the unit; returns once the container's pid is known or the unit stopped running.
+
+        ``mount_argv`` becomes the unit's ExecStartPre that remounts the rootfs.
+        """
         policy = validate_policy(policy)
         if argv is None:
             argv = list(runtime.run_argv(paths.bundle, paths.runtime_id, pid_file=paths.pid_file))
-        self._apply(paths, policy, argv)
+        self._apply(paths, policy, argv, mount_argv)
+        if self.status(paths)["status"] != "running":
+            # A pid file left by an earlier run could name a reused pid.
+            try:
+                os.unlink(paths.pid_file)
+            except FileNotFoundError:
+                pass
         self._run("reset-failed", paths.unit_name, check=False)
         self._run("start", paths.unit_name)
-        return self.status(paths)
+        # Type=simple: `systemctl start` returns once the runtime is forked,
+        # before it created the container and wrote the pid file.
+        deadline = time.monotonic() + START_WAIT
+        while True:
+            status = self.status(paths)
+            if status["pid"] or status["status"] != "running" or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.1)
 
     def stop(self, paths, runtime=None, stop_signal=None, stop_timeout=None):
         policy = validate_policy(read_json(os.path.join(paths.dir, POLICY_FILE)) or {})
@@ -257,7 +289,8 @@ class SystemdSupervisor:
             elif code in ("2", "3") and status and status.isdigit():
                 out["exit_code"] = 128 + int(status)
         else:
-            out["pid"] = _container_pid(paths) or (int(props["MainPID"]) if props.get("MainPID", "0") != "0" else None)
+            # The runtime's pid file, never MainPID (that is the runtime, not the container).
+            out["pid"] = _container_pid(paths)
         if (props.get("NRestarts") or "").isdigit():
             out["restart_count"] = int(props["NRestarts"])
         return out

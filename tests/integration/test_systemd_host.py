@@ -24,11 +24,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 HOST = "sd1"
 
 
-def sh(fleet, cmd, check=True, timeout=120):
-    proc = fleet.run(HOST, cmd, timeout=timeout)
+def sh(fleet, cmd, check=True, timeout=120, host=HOST):
+    proc = fleet.run(host, cmd, timeout=timeout)
     if check:
         assert proc.returncode == 0, "%r on %s failed (%d):\n%s%s" % (
-            cmd, HOST, proc.returncode, proc.stdout, proc.stderr)
+            cmd, host, proc.returncode, proc.stdout, proc.stderr)
     return proc
 
 
@@ -169,19 +169,21 @@ def unit_of(name):
     return "intermodal-container-%s.service" % name
 
 
-def unit_props(fleet, unit, *props):
-    out = sh(fleet, "systemctl show -p %s %s" % (",".join(props), unit)).stdout
+def unit_props(fleet, unit, *props, host=HOST):
+    out = sh(fleet, "systemctl show -p %s %s" % (",".join(props), unit), host=host).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def container_pid(fleet, name):
+def container_pid(fleet, name, host=HOST):
     """The container's init process as the host sees it, from the pid file
     the runtime writes; None while there is none or it is not running."""
-    out = sh(fleet, "cat %s/containers/%s/container.pid 2>/dev/null || true" % (STORE, name)).stdout.strip()
+    out = sh(fleet, "cat %s/containers/%s/container.pid 2>/dev/null || true" % (STORE, name),
+             host=host).stdout.strip()
     if not out:
         return None
     pid = int(out)
-    state = sh(fleet, "awk '/^State:/ {print $2}' /proc/%d/status 2>/dev/null || true" % pid).stdout.strip()
+    state = sh(fleet, "awk '/^State:/ {print $2}' /proc/%d/status 2>/dev/null || true" % pid,
+               host=host).stdout.strip()
     return pid if state and state not in ("Z", "X") else None
 
 
@@ -196,18 +198,17 @@ def wait_until(check, what, attempts=300, delay=0.1):
     pytest.fail("gave up waiting: %s" % what)
 
 
-@pytest.fixture(scope="module")
-def host_image(nspawn_fleet, tmp_path_factory):
-    """The busybox rootfs tar copied into the host and imported there with
-    intermodal.containers.image (source=import): no registry is needed."""
+def import_image(fleet, work, host):
+    """The busybox rootfs tar copied into `host` and imported there with
+    intermodal.containers.image (source=import): no registry is needed.
+    Returns the playbook runner."""
     from tests.integration.fixtures_nspawn import fleet_playbook_runner
     from tests.lib.rootfs import build_busybox_rootfs
-    work = tmp_path_factory.mktemp("sd-image")
     tar = build_busybox_rootfs(str(work / "busybox.tar"))
-    nspawn_fleet.copy_to(HOST, tar, HOST_TAR)
-    run = fleet_playbook_runner(nspawn_fleet, work)
+    fleet.copy_to(host, tar, HOST_TAR)
+    run = fleet_playbook_runner(fleet, work)
     result = run("""
-- hosts: sd1
+- hosts: %s
   gather_facts: false
   tasks:
     - name: import
@@ -215,9 +216,15 @@ def host_image(nspawn_fleet, tmp_path_factory):
         name: %s
         source: import
         import_path: %s
-""" % (IMAGE, HOST_TAR))
-    assert result.task("import", HOST)["status"] == "ok"
+""" % (host, IMAGE, HOST_TAR))
+    assert result.task("import", host)["status"] == "ok"
     return run
+
+
+@pytest.fixture(scope="module")
+def host_image(nspawn_fleet, tmp_path_factory):
+    """The image imported on sd1."""
+    return import_image(nspawn_fleet, tmp_path_factory.mktemp("sd-image"), HOST)
 
 
 @pytest.fixture(scope="module", params=["crun", "runc"])
@@ -250,6 +257,9 @@ def test_container_runs_as_an_enabled_systemd_unit(nspawn_fleet, sd_container):
     # The runtime's pid file names the container's init, running the command.
     pid = wait_until(lambda: container_pid(nspawn_fleet, sd_container["name"]),
                      "container pid of " + sd_container["name"])
+    # The module reported that pid, not the runtime's (the unit's MainPID).
+    assert state["pid"] == pid
+    assert state["pid"] != int(unit_props(nspawn_fleet, unit, "MainPID")["MainPID"])
     cmdline = sh(nspawn_fleet, "tr '\\0' ' ' < /proc/%d/cmdline" % pid).stdout
     assert cmdline.startswith("sh -c echo started-$MARK")
 
@@ -318,6 +328,64 @@ def test_absent_removes_the_unit_and_the_container(nspawn_fleet, host_image):
     assert sh(nspawn_fleet, "test -e /sys/fs/cgroup/memory/intermodal/" + name, check=False).returncode != 0
     procs = sh(nspawn_fleet, "ps -eo args").stdout
     assert "intermodal-" + name not in procs
+
+
+# ---- reboot (on sd2, so sd1's containers are not disturbed) -------------------
+
+REBOOT_HOST = "sd2"
+
+
+@pytest.fixture(scope="module")
+def reboot_host_image(nspawn_fleet, tmp_path_factory):
+    """The image imported on sd2, for the reboot test."""
+    if REBOOT_HOST not in nspawn_fleet.hosts:
+        pytest.skip("the fleet has no %s" % REBOOT_HOST)
+    return import_image(nspawn_fleet, tmp_path_factory.mktemp("sd2-image"), REBOOT_HOST)
+
+
+@pytest.mark.parametrize("runtime", ["crun", "runc"])
+def test_enabled_container_comes_back_after_a_host_reboot(nspawn_fleet, reboot_host_image, runtime):
+    """After a reboot nothing has mounted the container's overlay: the unit's
+    ExecStartPre does, so systemd starts the container at boot, at the first
+    attempt, and the module then finds it running with nothing to change."""
+    host = REBOOT_HOST
+    name = "sd-boot-" + runtime
+    unit = unit_of(name)
+    rootfs = "%s/containers/%s/bundle/rootfs" % (STORE, name)
+    play = CONTAINER_PLAY.replace("- hosts: sd1", "- hosts: " + host)
+    variables = {"cname": name, "runtime": runtime, "command": COMMAND}
+    try:
+        first = reboot_host_image(play, dict(variables, cstate="started")).task("container", host)["result"]
+        assert first["container"]["state"]["status"] == "running"
+        assert sh(nspawn_fleet, "systemctl is-enabled " + unit, host=host).stdout.strip() == "enabled"
+        boot_id = sh(nspawn_fleet, "cat /proc/sys/kernel/random/boot_id", host=host).stdout
+        nspawn_fleet.reboot(host)
+        assert sh(nspawn_fleet, "cat /proc/sys/kernel/random/boot_id", host=host).stdout != boot_id
+
+        def booted_container():
+            # The pid file survives the reboot; only a live pid running the
+            # command, with the unit active, is the container of this boot.
+            pid = container_pid(nspawn_fleet, name, host=host)
+            if not pid or sh(nspawn_fleet, "systemctl is-active " + unit, host=host,
+                             check=False).stdout.strip() != "active":
+                return None
+            cmdline = sh(nspawn_fleet, "tr '\\0' ' ' < /proc/%d/cmdline" % pid, host=host, check=False).stdout
+            return pid if cmdline.startswith("sh -c echo started-$MARK") else None
+
+        pid = wait_until(booted_container, "%s started by systemd after the reboot" % unit, attempts=600)
+        assert sh(nspawn_fleet, "systemctl is-active " + unit, host=host).stdout.strip() == "active"
+        assert sh(nspawn_fleet, "mountpoint -q " + rootfs, host=host, check=False).returncode == 0
+        # Started at the first attempt: no retry loop on an unmounted rootfs.
+        assert unit_props(nspawn_fleet, unit, "NRestarts", host=host)["NRestarts"] == "0"
+
+        again = reboot_host_image(play, dict(variables, cstate="started")).task("container", host)["result"]
+        assert again["changed"] is False
+        assert again["container"]["state"]["status"] == "running"
+        assert again["container"]["state"]["pid"] == pid
+    finally:
+        reboot_host_image(play, dict(variables, cstate="absent"))
+    assert sh(nspawn_fleet, "test -e /etc/systemd/system/" + unit, host=host, check=False).returncode != 0
+    assert sh(nspawn_fleet, "mountpoint -q " + rootfs, host=host, check=False).returncode != 0
 
 
 # ---- clean-up -----------------------------------------------------------------

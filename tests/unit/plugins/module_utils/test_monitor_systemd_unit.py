@@ -41,22 +41,23 @@ def test_unit_text_for_always():
     assert "KillSignal=SIGQUIT" in service
     assert "TimeoutStopSec=25" in service
     assert "Restart=always" in service
-    assert "RestartSec=100ms" in service
+    assert "RestartSec=1s" in service
     assert "StandardOutput=journal" in service and "StandardError=journal" in service
     assert "KillMode=mixed" in service
     assert section(text, "Install") == ["WantedBy=multi-user.target"]
-    assert "StartLimitIntervalSec=0" in section(text, "Unit")
+    assert ["StartLimitIntervalSec=60", "StartLimitBurst=10"] == [
+        line for line in section(text, "Unit") if line.startswith("StartLimit")]
     assert "Description=intermodal.containers container web" in section(text, "Unit")
 
 
 @pytest.mark.parametrize("policy,unit_lines,restart", [
     ({"restart_policy": "no"}, [], "Restart=no"),
-    ({"restart_policy": "on-failure"}, ["StartLimitIntervalSec=0"], "Restart=on-failure"),
+    ({"restart_policy": "on-failure"}, ["StartLimitIntervalSec=60", "StartLimitBurst=10"], "Restart=on-failure"),
     ({"restart_policy": "on-failure:3"}, ["StartLimitIntervalSec=infinity", "StartLimitBurst=4"], "Restart=on-failure"),
     ({"restart_policy": "on-failure", "max_retries": 1}, ["StartLimitIntervalSec=infinity", "StartLimitBurst=2"],
      "Restart=on-failure"),
-    ({"restart_policy": "always"}, ["StartLimitIntervalSec=0"], "Restart=always"),
-    ({"restart_policy": "unless-stopped"}, ["StartLimitIntervalSec=0"], "Restart=always"),
+    ({"restart_policy": "always"}, ["StartLimitIntervalSec=60", "StartLimitBurst=10"], "Restart=always"),
+    ({"restart_policy": "unless-stopped"}, ["StartLimitIntervalSec=60", "StartLimitBurst=10"], "Restart=always"),
 ])
 def test_restart_policy_mapping(policy, unit_lines, restart):
     unit, service = restart_settings(normalize_policy(policy))
@@ -72,7 +73,7 @@ def test_backoff_settings_only_where_systemd_knows_them():
     old = section(unit_for({"restart_policy": "always"}, version=252), "Service")
     new = section(unit_for({"restart_policy": "always"}, version=254), "Service")
     assert not any(line.startswith("RestartSteps") for line in old)
-    assert "RestartSteps=7" in new and "RestartMaxDelaySec=10s" in new
+    assert "RestartSteps=5" in new and "RestartMaxDelaySec=10s" in new
     none = section(unit_for({"restart_policy": "no"}, version=255), "Service")
     assert not any(line.startswith("RestartSteps") for line in none)
 
@@ -229,3 +230,38 @@ def test_systemd_status_running_reports_the_container_pid(fake_systemd):
                     "ExecMainStartTimestamp=Sun 2026-11-29 07:00:01 UTC\n")
     st = sup.status(paths)
     assert (st["status"], st["pid"], st["exit_code"]) == ("running", os.getpid(), None)
+
+
+def test_status_never_reports_the_runtime_main_pid(fake_systemd):
+    """Running, but the runtime has not written the pid file yet: no pid
+    rather than MainPID (which is crun/runc, not the container)."""
+    sup, paths, take_calls, show, unit_dir = fake_systemd
+    show.write_text("LoadState=loaded\nActiveState=active\nSubState=running\nMainPID=%d\n"
+                    "ExecMainStartTimestamp=Sun 2026-11-29 07:00:01 UTC\n" % os.getpid())
+    st = sup.status(paths)
+    assert (st["status"], st["pid"]) == ("running", None)
+
+
+def test_remount_command_becomes_the_first_exec_start_pre(fake_systemd):
+    """The overlay remount (run at boot, before any module run) precedes the
+    runtime-state clean-up, survives a policy rewrite, and is the same mount
+    `_rootfs.mount_overlay` makes."""
+    from ansible_collections.intermodal.containers.plugins.module_utils._rootfs import (
+        overlay_options, overlay_remount_argv,
+    )
+    sup, paths, take_calls, show, unit_dir = fake_systemd
+    lower = os.path.join(sup.store_root, "l", "ABC")
+    mount = overlay_remount_argv([lower], paths.upper, paths.work, paths.rootfs)
+    data, base = overlay_options([lower], paths.upper, paths.work)
+    assert base is None
+    assert mount[:2] == ["/bin/sh", "-c"]
+    assert mount[2] == "/bin/mountpoint -q %s || { /bin/mount -t overlay overlay -o %s %s; }" % (
+        paths.rootfs, data, paths.rootfs)
+    assert data.startswith("lowerdir=%s,upperdir=%s,workdir=%s" % (lower, paths.upper, paths.work))
+    sup.start(paths, FakeRuntime(), {"restart_policy": "always"}, mount_argv=mount)
+    pre = [line for line in section((unit_dir / paths.unit_name).read_text(), "Service")
+           if line.startswith("ExecStartPre=")]
+    assert pre[0] == 'ExecStartPre=/bin/sh -c "%s"' % mount[2]
+    assert pre[1].startswith("ExecStartPre=-/usr/sbin/runc")
+    sup.update_policy(paths, {"restart_policy": "unless-stopped"})
+    assert pre[0] in (unit_dir / paths.unit_name).read_text()
