@@ -1,19 +1,11 @@
 #!/usr/bin/env python3
 """Container benchmark: intermodal.containers against podman and the bare OCI runtime.
 
-Run as root from the repository root:  python3 benchmarks/container_bench.py [--runs 10] [--count 100]
-
-One invocation, side by side, with the same busybox rootfs (tests/lib/rootfs.build_busybox_rootfs):
-
-1. start, spec to running process: ours in-process (ContainerTask(...).run() with
-   state=started for a fresh container: create + overlay + spec + monitor start until
-   the container's pid is known), ours through the module process, `podman run -d`,
-   and `crun run --detach` / `runc run --detach` of a prepared bundle (the floor);
-2. 100 containers: start them all, then stop+remove them all, ours vs podman;
-3. the RSS of our monitors while the 100 run, against podman's conmon processes.
-
-Nothing here asserts a time. Everything it starts (containers, monitors, podman's
-storage and overlay mounts, cgroups) is removed in finally blocks.
+Run as root from the repository root: python3 benchmarks/container_bench.py [--runs 10] [--count 100].
+Side by side with one busybox rootfs: (1) start, spec to running process: ours in-process, ours as the
+module process, `podman run -d`, `crun`/`runc run --detach` of a prepared bundle (the floor); (2) start,
+then stop+remove 100 containers, ours vs podman; (3) our monitors' memory while they run, vs conmon.
+Nothing here asserts a time. Everything it starts is removed in finally blocks (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -107,20 +99,12 @@ def stats(values):
 # ---- ours -------------------------------------------------------------------------
 
 
-def module_params(**overrides):
+def module_params(_cache={}, **overrides):  # pylint: disable=dangerous-default-value
     """Every module option at its default (as AnsibleModule fills them), then overrides."""
-    sys.path.insert(0, os.path.dirname(MODULE))
-    try:
+    if not _cache:
         from ansible_collections.intermodal.containers.plugins.modules.container import argument_spec
-    finally:
-        sys.path.pop(0)
-
-    def defaults(spec):
-        return {k: v.get("default") for k, v in spec.items()}
-
-    params = defaults(argument_spec())
-    params.update(overrides)
-    return params
+        _cache.update((k, v.get("default")) for k, v in argument_spec().items())
+    return dict(_cache, **overrides)
 
 
 class Ours:
@@ -187,94 +171,81 @@ class Ours:
         self.images.close()
 
 
-class PhaseTimer:
-    """Wall time per phase of one in-process start, by wrapping the service's methods."""
+def wrap(patched, totals, owner, attr, label):
+    """Replace owner.attr by a wrapper adding its wall time to totals[label]; undone by unwrap()."""
+    original = getattr(owner, attr)
 
-    def __init__(self):
-        self.totals = {}
-        self._patched = []
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[label] = totals.get(label, 0.0) + time.perf_counter() - t0
+    setattr(owner, attr, timed)
+    patched.append((owner, attr, original))
 
-    def wrap(self, owner, attr, label):
-        original = getattr(owner, attr)
 
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t0
-        setattr(owner, attr, timed)
-        self._patched.append((owner, attr, original))
+def unwrap(patched):
+    for owner, attr, original in reversed(patched):
+        setattr(owner, attr, original)
 
-    def restore(self):
-        for owner, attr, original in reversed(self._patched):
-            setattr(owner, attr, original)
-        self._patched = []
+
+PHASES = (  # (owner, attribute, label); owners are resolved at call time
+    ("ContainerService", "create", "create (dirs, overlay mount, spec, state.json)"),
+    ("_containers", "build_spec", "  of which build_spec"),
+    ("_containers", "mount_overlay", "  of which mount_overlay"),
+    ("Runtime", "check", "  of which Runtime.check (x2: create+start)"),
+    ("MonitorSupervisor", "start", "supervisor start (monitor up, container pid known)"),
+    ("_supervise", "install_monitor", "  of which install_monitor"),
+    ("_supervise", "spawn_detached", "  of which spawn_detached"),
+    ("ContainerService", "describe", "describe (result)"),
+)
 
 
 def phase_breakdown(ours, runtime, runs):
-    """Median seconds per phase: create (layer dirs, overlay, spec, state), supervisor start, the rest."""
+    """Median seconds per phase of an in-process start, and a timeline of the monitor's side."""
     from ansible_collections.intermodal.containers.plugins.module_utils import _supervise
+    owners = {"ContainerService": ContainerService, "_containers": _containers, "Runtime": _containers.Runtime,
+              "MonitorSupervisor": _supervise.MonitorSupervisor, "_supervise": _supervise}
     per_run = []
     for i in range(runs):
-        timer = PhaseTimer()
-        timer.wrap(ContainerService, "create", "create (dirs, overlay mount, spec, state.json)")
-        timer.wrap(_containers, "build_spec", "  of which build_spec")
-        timer.wrap(_containers, "mount_overlay", "  of which mount_overlay")
-        timer.wrap(_containers.Runtime, "check", "  of which Runtime.check (x2: create+start)")
-        timer.wrap(_supervise.MonitorSupervisor, "start", "supervisor start (monitor up, container pid known)")
-        timer.wrap(_supervise, "install_monitor", "  of which install_monitor")
-        timer.wrap(_supervise, "spawn_detached", "  of which spawn_detached")
-        timer.wrap(ContainerService, "describe", "describe (result)")
-        name = "%s-ph-%s-%d" % (BENCH_PREFIX, runtime, i)
-        marks = {}
-        spawn = _supervise.spawn_detached
-
-        def marked_spawn(*a, **kw):
-            marks["spawn"] = time.time()
-            return spawn(*a, **kw)
-        _supervise.spawn_detached = marked_spawn
+        name, totals, patched, marks = "%s-ph-%s-%d" % (BENCH_PREFIX, runtime, i), {}, [], {}
         try:
+            for owner, attr, label in PHASES:
+                wrap(patched, totals, owners[owner], attr, label)
+            spawn = _supervise.spawn_detached
+            _supervise.spawn_detached = lambda *a, **kw: (marks.setdefault("spawn", time.time()), spawn(*a, **kw))[1]
+            patched.append((_supervise, "spawn_detached", spawn))
             t0 = time.perf_counter()
             ours.start(name, runtime)
-            total = time.perf_counter() - t0
+            totals["total"] = time.perf_counter() - t0
             marks["returned"] = time.time()
         finally:
-            _supervise.spawn_detached = spawn
-            timer.restore()
-        totals = dict(timer.totals)
+            unwrap(patched)
         totals.update(timeline(ours.store, name, marks))
-        totals["total"] = total
         per_run.append(totals)
         ours.remove(name, runtime)
-    keys = per_run[0].keys()
-    return {k: statistics.median(r.get(k, 0.0) for r in per_run) for k in keys}
+    return {k: statistics.median(r.get(k, 0.0) for r in per_run) for k in per_run[0]}
 
 
 def timeline(store, name, marks):
-    """Where the supervisor start goes, from the files each step writes (mtimes: kernel coarse clock, ~4 ms)."""
+    """The supervisor's start from the mtimes of the files each step writes (good to one kernel tick)."""
     paths = ContainerService(store, None).paths(name)
-
-    def mtime(path):
+    steps = [("spawn", marks["spawn"])]
+    for label, path in (("  spawn -> monitor up (python start-up, imports)", paths.monitor_pid_file),
+                        ("  monitor up -> runtime wrote the pid file", paths.pid_file),
+                        ("  pid file -> monitor recorded it (its 50 ms poll, fsync)",
+                         os.path.join(paths.dir, "monitor.json"))):
         try:
-            return os.stat(path).st_mtime_ns / 1e9
+            steps.append((label, os.stat(path).st_mtime_ns / 1e9))
         except OSError:
-            return None
-    monitor_up = mtime(paths.monitor_pid_file)     # python started, monitor imported, before the runtime
-    pid_file = mtime(paths.pid_file)                # the runtime created the container
-    recorded = mtime(os.path.join(paths.dir, "monitor.json"))  # the monitor saw the pid file and saved it
-    out = {}
-    if None not in (monitor_up, pid_file, recorded):
-        out["  spawn -> monitor up (python start-up, imports)"] = monitor_up - marks["spawn"]
-        out["  monitor up -> runtime wrote the pid file"] = pid_file - monitor_up
-        out["  pid file -> monitor recorded it (its 50 ms poll, fsync)"] = recorded - pid_file
-        out["  recorded -> supervisor returned (10 ms poll, status, describe)"] = marks["returned"] - recorded
-    return out
+            return {}
+    steps.append(("  recorded -> supervisor returned (10 ms poll, status, describe)", marks["returned"]))
+    return {label: when - steps[i - 1][1] for i, (label, when) in enumerate(steps) if i}
 
 
 def profile_start(ours, runtime, top=30):
-    name = "%s-prof-%s" % (BENCH_PREFIX, runtime)
-    prof = cProfile.Profile()
+    name, prof = "%s-prof-%s" % (BENCH_PREFIX, runtime), cProfile.Profile()
     prof.enable()
     try:
         ours.start(name, runtime)
@@ -307,7 +278,6 @@ class Podman:
             handle.write('[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"\n'
                          % (os.path.join(self.root, "graph"), os.path.join(self.root, "run")))
         self.env = dict(os.environ, CONTAINERS_CONF=self.conf, CONTAINERS_STORAGE_CONF=storage)
-        self.names = set()
 
     def cmd(self, *args):
         return ["podman", "--root", os.path.join(self.root, "graph"), "--runroot", os.path.join(self.root, "run"),
@@ -320,7 +290,6 @@ class Podman:
 
     def start(self, name):
         # --network none: ours has no network by default, and podman's bridge would rewrite the host's iptables.
-        self.names.add(name)
         t0 = time.perf_counter()
         run(self.cmd("run", "-d", "--name", name, "--network", "none", PODMAN_IMAGE, *COMMAND), env=self.env)
         return time.perf_counter() - t0
@@ -328,15 +297,11 @@ class Podman:
     def remove(self, name):
         t0 = time.perf_counter()
         run(self.cmd("rm", "-f", "-t", "0", name), env=self.env)
-        self.names.discard(name)
         return time.perf_counter() - t0
 
     def conmon_pids(self):
-        out = []
-        for pid in all_pids():
-            if comm(pid) == "conmon" and self.root in cmdline(pid):
-                out.append(pid)
-        return out
+        return [pid for pid in (int(p) for p in os.listdir("/proc") if p.isdigit())
+                if comm(pid) == "conmon" and self.root.encode() in read_proc(pid, "cmdline", binary=True)]
 
     def cleanup(self):
         if os.path.isdir(os.path.join(self.root, "graph")):
@@ -362,13 +327,9 @@ class Bare:
         os.makedirs(rootfs)
         run(["tar", "-xf", tar, "-C", rootfs])
         run(["crun", "spec"], cwd=self.bundle)
-        config = os.path.join(self.bundle, "config.json")
-        with open(config) as handle:
-            spec = json.load(handle)
-        spec["process"]["terminal"] = False
-        spec["process"]["args"] = list(COMMAND)
-        spec["process"]["env"] = ["PATH=/bin"]
-        self.spec = spec
+        with open(os.path.join(self.bundle, "config.json")) as handle:
+            self.spec = json.load(handle)
+        self.spec["process"].update(terminal=False, args=list(COMMAND), env=["PATH=/bin"])
         self.live = []  # (runtime, id)
 
     def start(self, runtime, ident):
@@ -395,114 +356,72 @@ class Bare:
             self.remove(runtime, ident)
 
 
-# ---- /proc ------------------------------------------------------------------------
+# ---- /proc and cgroupfs -----------------------------------------------------------
 
 
-def all_pids():
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+def read_proc(pid, name, binary=False):
+    try:
+        with open("/proc/%d/%s" % (pid, name), "rb" if binary else "r") as handle:
+            return handle.read()
+    except OSError:
+        return b"" if binary else ""
 
 
 def comm(pid):
-    try:
-        with open("/proc/%d/comm" % pid) as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
-def cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    return read_proc(pid, "comm").strip()
 
 
 def children(pid):
-    out = []
-    try:
-        for tid in os.listdir("/proc/%d/task" % pid):
-            with open("/proc/%d/task/%s/children" % (pid, tid)) as handle:
-                out.extend(int(c) for c in handle.read().split())
-    except OSError:
-        pass
-    return out
+    tasks = os.listdir("/proc/%d/task" % pid) if os.path.isdir("/proc/%d/task" % pid) else []
+    return [int(c) for tid in tasks for c in read_proc(pid, "task/%s/children" % tid).split()]
 
 
 def memory_kib(pid):
     """(VmRSS, Pss) in KiB; Pss shares the interpreter's pages among the processes mapping them."""
-    rss = pss = 0
-    try:
-        with open("/proc/%d/status" % pid) as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-        with open("/proc/%d/smaps_rollup" % pid) as handle:
-            for line in handle:
-                if line.startswith("Pss:"):
-                    pss = int(line.split()[1])
-    except OSError:
-        pass
-    return rss, pss
-
-
-# ---- cgroups we (or podman for us) made ----------------------------------------------
+    def field(name, key):
+        return next((int(line.split()[1]) for line in read_proc(pid, name).splitlines()
+                     if line.startswith(key)), 0)
+    return field("status", "VmRSS:"), field("smaps_rollup", "Pss:")
 
 
 def controller_dirs():
-    try:
-        return [os.path.join(CGROUP_ROOT, c) for c in os.listdir(CGROUP_ROOT)
-                if os.path.isdir(os.path.join(CGROUP_ROOT, c)) and not os.path.islink(os.path.join(CGROUP_ROOT, c))]
-    except OSError:
-        return []
+    entries = os.listdir(CGROUP_ROOT) if os.path.isdir(CGROUP_ROOT) else []
+    return [os.path.join(CGROUP_ROOT, c) for c in entries
+            if os.path.isdir(os.path.join(CGROUP_ROOT, c)) and not os.path.islink(os.path.join(CGROUP_ROOT, c))]
 
 
-def remove_cgroup_tree(path):
-    """Remove empty cgroup dirs bottom-up (a cgroup with processes stays and is reported).
-
-    Only ever called on cgroups this benchmark named (cbench-*), never on a parent others share.
-    """
-    for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda e: -e[0].count("/")):
-        try:
-            os.rmdir(dirpath)
-        except OSError as exc:
-            log("cleanup: cannot remove cgroup %s: %s" % (dirpath, exc))
-
-
-def rmdir_if_empty(path):
-    """One rmdir: succeeds only when the cgroup has no children and no processes."""
+def rmdir_cgroup(path, report=True):
+    """One rmdir: the kernel refuses it while the cgroup has children or processes."""
     try:
         os.rmdir(path)
-    except OSError:
-        pass
+    except OSError as exc:
+        if report:
+            log("cleanup: cannot remove cgroup %s: %s" % (path, exc))
 
 
 def cleanup_cgroups(before):
-    """intermodal/cbench-* leftovers; the shared parents only when this run created them and they are empty.
+    """intermodal/cbench-* leftovers; the shared parents only if this run created them and they are empty.
 
-    Other users' cgroups under intermodal/ or libpod_parent/ are never walked into.
+    Nothing else under intermodal/ or libpod_parent/ is walked into: other users' cgroups live there.
     """
     for ctrl in controller_dirs():
         base = os.path.join(ctrl, "intermodal")
-        if os.path.isdir(base):
-            for entry in os.listdir(base):
-                if entry.startswith(BENCH_PREFIX) and os.path.isdir(os.path.join(base, entry)):
-                    remove_cgroup_tree(os.path.join(base, entry))
-            if base not in before:
-                rmdir_if_empty(base)
+        for entry in os.listdir(base) if os.path.isdir(base) else []:
+            if entry.startswith(BENCH_PREFIX) and os.path.isdir(os.path.join(base, entry)):
+                for dirpath, _dirs, _files in sorted(os.walk(os.path.join(base, entry)),
+                                                     key=lambda e: -e[0].count("/")):
+                    rmdir_cgroup(dirpath)
+        if base not in before:
+            rmdir_cgroup(base, report=False)
         libpod = os.path.join(ctrl, "libpod_parent")
         if os.path.isdir(libpod) and libpod not in before:
-            rmdir_if_empty(os.path.join(libpod, "conmon"))  # podman's cgroupfs manager leaves this one
-            rmdir_if_empty(libpod)
+            rmdir_cgroup(os.path.join(libpod, "conmon"), report=False)  # podman's cgroupfs manager leaves it
+            rmdir_cgroup(libpod, report=False)
 
 
 def existing_cgroups():
-    out = set()
-    for ctrl in controller_dirs():
-        for name in ("intermodal", "libpod_parent"):
-            if os.path.isdir(os.path.join(ctrl, name)):
-                out.add(os.path.join(ctrl, name))
-    return out
+    return {os.path.join(ctrl, name) for ctrl in controller_dirs() for name in ("intermodal", "libpod_parent")
+            if os.path.isdir(os.path.join(ctrl, name))}
 
 
 # ---- the benchmark ----------------------------------------------------------------
@@ -518,13 +437,13 @@ def bench_start(args, work, ours, podman, bare, res):
     # Warm-ups, untimed: our monitor's first install (compiles its pyc), podman's first run
     # (storage and lock set-up), page cache for every binary.
     for rt in runtimes:
-        ours.start("%s-warm-%s" % (BENCH_PREFIX, rt), rt)
-        ours.remove("%s-warm-%s" % (BENCH_PREFIX, rt), rt)
+        warm = "%s-warm-%s" % (BENCH_PREFIX, rt)
+        ours.start(warm, rt)
+        ours.remove(warm, rt)
+        bare.start(rt, warm)
+        bare.remove(rt, warm)
     podman.start("%s-warm" % BENCH_PREFIX)
     podman.remove("%s-warm" % BENCH_PREFIX)
-    for rt in runtimes:
-        bare.start(rt, "%s-warm-bare-%s" % (BENCH_PREFIX, rt))
-        bare.remove(rt, "%s-warm-bare-%s" % (BENCH_PREFIX, rt))
 
     for i in range(args.runs):
         log("start run %d/%d" % (i + 1, args.runs))
@@ -551,56 +470,46 @@ def bench_start(args, work, ours, podman, bare, res):
     res["phases"] = {rt: phase_breakdown(ours, rt, min(args.runs, 5)) for rt in runtimes}
 
 
+def memory_summary(pairs):
+    """pairs of (VmRSS, Pss) KiB -> per-process stats and totals."""
+    return {"n": len(pairs), "rss": stats([r for r, _ in pairs]), "pss": stats([p for _, p in pairs]),
+            "rss_total": sum(r for r, _ in pairs), "pss_total": sum(p for _, p in pairs)}
+
+
+def timed_loop(func, names):
+    t0 = time.perf_counter()
+    for name in names:
+        func(name)
+    return time.perf_counter() - t0
+
+
 def bench_many(args, ours, podman, res):
     count, rt = args.count, args.runtimes[0]
-    names = ["%s-many-%03d" % (BENCH_PREFIX, i) for i in range(count)]
     out = {"count": count, "runtime": rt}
+    names = ["%s-many-%03d" % (BENCH_PREFIX, i) for i in range(count)]
     log("ours: starting %d containers (%s)" % (count, rt))
-    t0 = time.perf_counter()
-    for name in names:
-        ours.start(name, rt)
-    out["ours_start"] = time.perf_counter() - t0
+    out["ours_start"] = timed_loop(lambda n: ours.start(n, rt), names)
     time.sleep(1.0)  # let the monitors settle before sampling
-    monitors, runtimes_rss, combined = [], [], []
+    monitors, runtimes, combined = [], [], []
     for name in names:
         monitor, rt_children = ours.monitor_pids(name)
-        if monitor is None:
-            continue
-        m_rss, m_pss = memory_kib(monitor)
-        c = [memory_kib(p) for p in rt_children]
-        monitors.append((m_rss, m_pss))
-        runtimes_rss.extend(c)
-        combined.append(m_rss + sum(r for r, _ in c))
-    out["monitor_rss_kib"] = stats([r for r, _ in monitors])
-    out["monitor_pss_kib"] = stats([p for _, p in monitors])
-    out["monitor_rss_total_kib"] = sum(r for r, _ in monitors)
-    out["monitor_pss_total_kib"] = sum(p for _, p in monitors)
-    out["runtime_child_rss_kib"] = stats([r for r, _ in runtimes_rss])
-    out["runtime_child_pss_total_kib"] = sum(p for _, p in runtimes_rss)
-    out["ours_per_container_rss_kib"] = stats(combined)
+        if monitor is not None:
+            monitors.append(memory_kib(monitor))
+            runtimes.extend(memory_kib(p) for p in rt_children)
+            combined.append((monitors[-1][0] + sum(memory_kib(p)[0] for p in rt_children),
+                             monitors[-1][1] + sum(memory_kib(p)[1] for p in rt_children)))
+    out["memory"] = {"our monitor": memory_summary(monitors),
+                     "the runtime process each monitor keeps": memory_summary(runtimes),
+                     "ours per container (monitor + runtime)": memory_summary(combined)}
     log("ours: removing %d containers" % count)
-    t0 = time.perf_counter()
-    for name in names:
-        ours.remove(name, rt)
-    out["ours_remove"] = time.perf_counter() - t0
-
-    pnames = ["%s-pmany-%03d" % (BENCH_PREFIX, i) for i in range(count)]
+    out["ours_remove"] = timed_loop(lambda n: ours.remove(n, rt), names)
+    names = ["%s-pmany-%03d" % (BENCH_PREFIX, i) for i in range(count)]
     log("podman: starting %d containers" % count)
-    t0 = time.perf_counter()
-    for name in pnames:
-        podman.start(name)
-    out["podman_start"] = time.perf_counter() - t0
+    out["podman_start"] = timed_loop(podman.start, names)
     time.sleep(1.0)
-    conmons = [memory_kib(p) for p in podman.conmon_pids()]
-    out["conmon_count"] = len(conmons)
-    out["conmon_rss_kib"] = stats([r for r, _ in conmons])
-    out["conmon_rss_total_kib"] = sum(r for r, _ in conmons)
-    out["conmon_pss_total_kib"] = sum(p for _, p in conmons)
+    out["memory"]["podman conmon"] = memory_summary([memory_kib(p) for p in podman.conmon_pids()])
     log("podman: removing %d containers" % count)
-    t0 = time.perf_counter()
-    for name in pnames:
-        podman.remove(name)
-    out["podman_remove"] = time.perf_counter() - t0
+    out["podman_remove"] = timed_loop(podman.remove, names)
     res["many"] = out
 
 
@@ -611,86 +520,69 @@ def ms(value):
     return "%8.1f" % (value * 1000.0)
 
 
-def print_report(res, args):
-    m = res["machine"]
-    print()
-    print("machine: %s, %s CPUs, load %s" % (m["kernel"], m["cpus"], m["load"]))
-    print("tools:   %s; %s; %s; python %s" % (m["podman"], m["crun"], m["runc"], m["python"]))
-    print("image:   busybox static rootfs (%d KiB tar), command %s" % (m["tar_kib"], " ".join(COMMAND)))
-    print()
+def print_start(res, args):
+    start, rts = res["start"], args.runtimes
+    labels = ([("ours_%s" % rt, "ours in-process, ContainerTask.run (%s)" % rt) for rt in rts]
+              + [("module_%s" % rt, "ours, module process (%s)" % rt) for rt in rts]
+              + [("podman", "podman run -d (crun)")]
+              + [("bare_%s" % rt, "%s run --detach, prepared bundle (floor)" % rt) for rt in rts])
+    labels = [(k, label) for k, label in labels if start.get(k)]
     print("1. start, spec to running process (ms, %d runs)" % args.runs)
     print("   %-52s %8s %8s %8s" % ("", "median", "min", "max"))
-    labels = []
-    for rt in args.runtimes:
-        labels.append(("ours_%s" % rt, "ours in-process, ContainerTask.run (%s)" % rt))
-    for rt in args.runtimes:
-        labels.append(("module_%s" % rt, "ours, module process (%s)" % rt))
-    labels.append(("podman", "podman run -d (crun)"))
-    for rt in args.runtimes:
-        labels.append(("bare_%s" % rt, "%s run --detach, prepared bundle (floor)" % rt))
-    start = res["start"]
     for key, label in labels:
-        if start.get(key):
-            s = start[key]
-            print("   %-52s %s %s %s" % (label, ms(s["median"]), ms(s["min"]), ms(s["max"])))
-    print()
-    print("   ratios (median / median; min / min):")
+        print("   %-52s %s %s %s" % (label, ms(start[key]["median"]), ms(start[key]["min"]), ms(start[key]["max"])))
+    print("\n   ratios (median / median; min / min):")
     pod = start["podman"]
     for key, label in labels:
-        if key == "podman" or not start.get(key) or key.startswith("bare"):
-            continue
-        s = start[key]
-        rt = key.split("_", 1)[1]
-        floor = start.get("bare_%s" % rt)
-        line = "   %-52s ours/podman %5.2f (%5.2f)" % (label, s["median"] / pod["median"], s["min"] / pod["min"])
-        if floor:
-            line += "   ours/bare-%s %5.2f (%5.2f)" % (rt, s["median"] / floor["median"], s["min"] / floor["min"])
-        print(line)
+        if key.startswith(("ours", "module")):
+            s, rt = start[key], key.split("_", 1)[1]
+            line = "   %-52s ours/podman %5.2f (%5.2f)" % (label, s["median"] / pod["median"], s["min"] / pod["min"])
+            floor = start.get("bare_%s" % rt)
+            if floor:
+                line += "   ours/bare-%s %5.2f (%5.2f)" % (rt, s["median"] / floor["median"], s["min"] / floor["min"])
+            print(line)
     if start.get("bare_crun"):
         print("   %-52s podman/bare-crun %5.2f" % ("podman run -d", pod["median"] / start["bare_crun"]["median"]))
-    print("   target: ours in-process / podman <= 1.0")
-    print()
+    print("   target: ours in-process / podman <= 1.0\n")
     for rt, phases in res.get("phases", {}).items():
         print("   where ours spends a start (%s, medians, ms):" % rt)
-        for key, value in phases.items():
-            if key != "total":
-                print("     %-62s %s" % (key, ms(value)))
-        print("     %-62s %s" % ("total", ms(phases["total"])))
-    many = res.get("many")
-    if many:
-        n = many["count"]
-        print()
-        print("2. %d containers (%s), total s and per container ms" % (n, many["runtime"]))
-        print("   %-30s %9s %9s %9s %9s" % ("", "start s", "per ms", "rm s", "per ms"))
-        for who in ("ours", "podman"):
-            print("   %-30s %9.2f %9.1f %9.2f %9.1f" % (
-                who if who == "podman" else "ours (ContainerTask, in-process)",
-                many[who + "_start"], many[who + "_start"] / n * 1000,
-                many[who + "_remove"], many[who + "_remove"] / n * 1000))
-        print("   ratios ours/podman: start %.2f, stop+remove %.2f" % (
-            many["ours_start"] / many["podman_start"], many["ours_remove"] / many["podman_remove"]))
-        print("   (ours stop_timeout=0, podman rm -f -t 0: both kill at once; sleep as pid 1 ignores SIGTERM)")
-        print()
-        print("3. memory while %d run (KiB)" % n)
-        r, p = many["monitor_rss_kib"], many["monitor_pss_kib"]
-        print("   our monitor VmRSS: median %d, max %d (budget 12 MiB = 12288)  -> %s" % (
-            r["median"], r["max"], "within" if r["max"] <= 12288 else "OVER"))
-        print("   our monitor Pss:   median %d, max %d; totals: RSS %d, Pss %d for %d monitors" % (
-            p["median"], p["max"], many["monitor_rss_total_kib"], many["monitor_pss_total_kib"], r["n"]))
-        if many.get("runtime_child_rss_kib"):
-            c = many["runtime_child_rss_kib"]
-            print("   + the foreground runtime process each monitor keeps: VmRSS median %d, max %d; Pss total %d" % (
-                c["median"], c["max"], many["runtime_child_pss_total_kib"]))
-            o = many["ours_per_container_rss_kib"]
-            print("   ours per container (monitor + runtime) VmRSS median %d, max %d" % (o["median"], o["max"]))
-        if many.get("conmon_rss_kib"):
-            c = many["conmon_rss_kib"]
-            print("   podman conmon (%d): VmRSS median %d, max %d; totals: RSS %d, Pss %d" % (
-                many["conmon_count"], c["median"], c["max"], many["conmon_rss_total_kib"],
-                many["conmon_pss_total_kib"]))
+        for key in [k for k in phases if k != "total"] + ["total"]:
+            print("     %-62s %s" % (key, ms(phases[key])))
+
+
+def print_many(many):
+    n = many["count"]
+    print("\n2. %d containers (%s), total s and per container ms" % (n, many["runtime"]))
+    print("   %-32s %9s %9s %9s %9s" % ("", "start s", "per ms", "rm s", "per ms"))
+    for who, label in (("ours", "ours (ContainerTask, in-process)"), ("podman", "podman")):
+        start, remove = many[who + "_start"], many[who + "_remove"]
+        print("   %-32s %9.2f %9.1f %9.2f %9.1f" % (label, start, start / n * 1000, remove, remove / n * 1000))
+    print("   ratios ours/podman: start %.2f, stop+remove %.2f" % (
+        many["ours_start"] / many["podman_start"], many["ours_remove"] / many["podman_remove"]))
+    print("   (ours stop_timeout=0, podman rm -f -t 0: both kill at once; sleep as pid 1 ignores SIGTERM)")
+    print("\n3. memory while %d run (KiB; Pss counts shared pages once)" % n)
+    print("   %-42s %5s %12s %9s %11s %11s" % ("", "procs", "VmRSS median", "max", "RSS total", "Pss total"))
+    for label, m in many["memory"].items():
+        if m["n"]:
+            print("   %-42s %5d %12d %9d %11d %11d" % (label, m["n"], m["rss"]["median"], m["rss"]["max"],
+                                                      m["rss_total"], m["pss_total"]))
+    worst = many["memory"]["our monitor"]["rss"]
+    if worst:
+        print("   monitor budget 12 MiB (12288 KiB) VmRSS each: %s (max %d)"
+              % ("within" if worst["max"] <= 12288 else "OVER", worst["max"]))
+
+
+def print_report(res, args):
+    m = res["machine"]
+    print("\nmachine: %s, %s CPUs, load %s" % (m["kernel"], m["cpus"], m["load"]))
+    print("tools:   %s; %s; %s; python %s" % (m["podman"], m["crun"], m["runc"], m["python"]))
+    print("image:   busybox static rootfs (%d KiB tar), command %s\n" % (m["tar_kib"], " ".join(COMMAND)))
+    if res.get("start"):
+        print_start(res, args)
+    if res.get("many"):
+        print_many(res["many"])
     if res.get("profile"):
-        print()
-        print("cProfile of one in-process start (%s), by cumulative time:" % args.runtimes[0])
+        print("\ncProfile of one in-process start (%s), by cumulative time:" % args.runtimes[0])
         print(res["profile"])
 
 
@@ -728,9 +620,15 @@ def main(argv=None):
     # crun refuses hybrid hosts with hugetlb alone on cgroup2; the documented host fix (docs/runtime.md).
     if fix_hybrid_hugetlb():
         log("mounted hugetlb as a v1 hierarchy (docs/runtime.md)")
-    def interrupted(signum, _frame):
-        raise KeyboardInterrupt("signal %d" % signum)  # unwinds through the finally blocks below
-    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM unwinds through the finally blocks too
+    try:
+        return bench(args)
+    except KeyboardInterrupt:
+        log("interrupted; everything it started is removed")
+        return 130
+
+
+def bench(args):
     before = existing_cgroups()
     work = tempfile.mkdtemp(prefix="container-bench-", dir=args.workdir)
     res = {}
