@@ -299,18 +299,29 @@ class Podman:
         run(self.cmd("rm", "-f", "-t", "0", name), env=self.env)
         return time.perf_counter() - t0
 
-    def conmon_pids(self):
+    def pids(self, only=None):
+        """Processes working on this podman root: conmon, and `podman container cleanup` conmon starts on exit."""
         return [pid for pid in (int(p) for p in os.listdir("/proc") if p.isdigit())
-                if comm(pid) == "conmon" and self.root.encode() in read_proc(pid, "cmdline", binary=True)]
+                if (only is None or comm(pid) == only) and pid != os.getpid()
+                and self.root.encode() in read_proc(pid, "cmdline", binary=True)]
+
+    def conmon_pids(self):
+        return self.pids("conmon")
 
     def cleanup(self):
         if os.path.isdir(os.path.join(self.root, "graph")):
             proc = run(self.cmd("rm", "-a", "-f", "-t", "0"), env=self.env, check=False)
             if proc.returncode != 0:
                 log("cleanup: podman rm -a failed: %s" % proc.stderr[-500:])
-        for pid in self.conmon_pids():
+        # conmon's exit commands run `podman container cleanup` after the containers die, and that mounts
+        # the storage again: wait for them, or unmounting and deleting the temp dir would race with them.
+        deadline = time.monotonic() + 20
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in self.pids():
+            log("cleanup: killing %d (%s), still working on podman's storage" % (pid, comm(pid)))
             try:
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
@@ -662,6 +673,8 @@ def bench(args):
         cleanup_cgroups(before)
         unmount_all_under(work)
         shutil.rmtree(work, ignore_errors=True)
+        if os.path.exists(work):
+            log("cleanup: %s could not be removed entirely; look for mounts under it" % work)
     print_report(res, args)
     if args.json:
         with open(args.json, "w") as handle:
