@@ -265,3 +265,21 @@ def test_remount_command_becomes_the_first_exec_start_pre(fake_systemd):
     assert pre[1].startswith("ExecStartPre=-/usr/sbin/runc")
     sup.update_policy(paths, {"restart_policy": "unless-stopped"})
     assert pre[0] in (unit_dir / paths.unit_name).read_text()
+
+
+def test_remount_of_options_over_a_page_runs_relative_to_their_common_parent():
+    """Options too long for mount(2)'s page become relative paths, and the
+    remount command cds to the directory they are relative to, as
+    mount_overlay does. (Paths only: nothing is mounted.)"""
+    from ansible_collections.intermodal.containers.plugins.module_utils._rootfs import (
+        overlay_options, overlay_remount_argv,
+    )
+    store = "/var/lib/intermodal"
+    lowers = ["%s/l/%s" % (store, "L%03d" % i + "x" * 60) for i in range(50)]
+    paths = ContainerPaths(store, "web")
+    data, base = overlay_options(lowers, paths.upper, paths.work)
+    assert base == store
+    assert data.startswith("lowerdir=l/L000") and len(data) < os.sysconf("SC_PAGESIZE")
+    script = overlay_remount_argv(lowers, paths.upper, paths.work, paths.rootfs)[2]
+    assert script == "/bin/mountpoint -q %s || { cd %s && /bin/mount -t overlay overlay -o %s %s; }" % (
+        paths.rootfs, store, data, paths.rootfs)
