@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.integration.fixtures_v2 import requires_v2_vm, v2_host, v2_playbook  # noqa: F401 (fixtures)
+from tests.integration.fixtures_v2 import requires_v2_vm, v2_host, v2_playbook  # noqa: F401  # pylint: disable=unused-import  (pytest fixtures)
 
 pytestmark = [pytest.mark.cgroupv2, pytest.mark.integration, requires_v2_vm]
 
@@ -206,10 +206,10 @@ def test_idempotency_walk(v2_host, v2_playbook):
         assert not apply2["changed"]
         assert apply2["result"]["changed_limits"] == []
 
-        change_check = cgroup_task(v2_playbook, check=True, **dict(limits, memory="256m"))
+        change_check = cgroup_task(v2_playbook, check=True, **{**limits, "memory": "256m"})
         assert change_check["changed"] and change_check["result"]["changed_limits"] == ["memory"]
         assert read(v2_host, path + "/memory.max") == str(128 * MiB), "check mode wrote memory.max"
-        change = cgroup_task(v2_playbook, **dict(limits, memory="256m"))
+        change = cgroup_task(v2_playbook, **{**limits, "memory": "256m"})
         assert change["changed"] and change["result"]["changed_limits"] == ["memory"]
         assert read(v2_host, path + "/memory.max") == str(256 * MiB)
         assert read(v2_host, path + "/cpu.max") == "50000 100000"

@@ -110,7 +110,7 @@ _MASK = ["systemd-networkd-wait-online", "apt-daily.timer", "apt-daily-upgrade.t
 
 def _run(argv, what, timeout=1800, **kwargs):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, **kwargs)
+                          stdin=subprocess.DEVNULL, **kwargs, check=False)
     if proc.returncode != 0:
         raise RuntimeError("%s failed (rc=%d): %s\n%s" % (
             what, proc.returncode, " ".join(argv), (proc.stdout + proc.stderr)[-4000:]))
@@ -200,7 +200,7 @@ def build_vm_image(cache_dir=None, mirror=None, timings=None):
             proc = subprocess.run(
                 ["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
                  SUITE, root, mirror or apt_mirror(SUITE)],
-                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800)
+                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800, check=False)
             _unmount_all_under(root)
             if proc.returncode != 0:
                 raise RuntimeError("debootstrap failed (%d):\n%s"
@@ -386,7 +386,7 @@ class V2Host:
             self._qemu_log = None
         if self._netns_made:
             # Deleting the namespace deletes the bridge and the tap in it.
-            subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+            subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)
             self._netns_made = False
         if os.path.exists(self.overlay):
             os.unlink(self.overlay)
@@ -415,7 +415,7 @@ class V2Host:
         """Run a shell command line on the VM as root; CompletedProcess (text)."""
         proc = subprocess.run(self.ssh_argv(connect_timeout) + ["--", cmd], capture_output=True,
                               text=True, timeout=timeout, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+                              stdin=None if input is not None else subprocess.DEVNULL, check=False)
         if check and proc.returncode != 0:
             raise RuntimeError("on %s: %r failed (rc=%d):\n%s%s" % (
                 self.name, cmd, proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
@@ -426,7 +426,7 @@ class V2Host:
         with open(local_path, "rb") as f:
             data = f.read()
         proc = subprocess.run(self.ssh_argv() + ["--", "cat > '%s'" % remote_path], input=data,
-                              capture_output=True, timeout=300)
+                              capture_output=True, timeout=300, check=False)
         if proc.returncode != 0:
             raise RuntimeError("copying %s to %s:%s failed: %s"
                                % (local_path, self.name, remote_path, proc.stderr.decode()[-2000:]))
