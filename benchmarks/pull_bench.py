@@ -30,36 +30,11 @@ import tarfile
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLLECTIONS_DIR = os.path.join(REPO_ROOT, ".build", "collections")
-VENV_PYTHON = os.path.join(REPO_ROOT, ".venv", "bin", "python")
+import bench_setup  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from bench_setup import COLLECTIONS_DIR, REPO_ROOT, run  # noqa: E402,F401
 
-
-def _reexec_in_venv():
-    """Use the project's venv when there is one (same rule as the README)."""
-    if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(
-            os.path.join(REPO_ROOT, ".venv")) and not os.environ.get("PULL_BENCH_NO_REEXEC"):
-        os.environ["PULL_BENCH_NO_REEXEC"] = "1"
-        os.execv(VENV_PYTHON, [VENV_PYTHON] + sys.argv)
-
-
-def _ensure_collection_path():
-    """As tests/conftest.py: .build/collections/ansible_collections/intermodal/containers -> repo."""
-    ns_dir = os.path.join(COLLECTIONS_DIR, "ansible_collections", "intermodal")
-    link = os.path.join(ns_dir, "containers")
-    os.makedirs(ns_dir, exist_ok=True)
-    if not os.path.islink(link):
-        try:
-            os.symlink(REPO_ROOT, link)
-        except FileExistsError:
-            pass
-    for path in (COLLECTIONS_DIR, REPO_ROOT):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
-_reexec_in_venv()
-_ensure_collection_path()
+bench_setup.reexec_in_venv("PULL_BENCH_NO_REEXEC")
+bench_setup.ensure_collection_path()
 
 # pylint: disable=wrong-import-position
 from ansible_collections.intermodal.containers.plugins.module_utils import _streams  # noqa: E402
@@ -119,14 +94,6 @@ def timed(fn):
 
 
 timed.cpu = 0.0
-
-
-def run(cmd, env=None, check=True):
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError("%s failed (%d):\n%s" % (" ".join(cmd), proc.returncode,
-                                                    (proc.stdout + proc.stderr)[-3000:]))
-    return proc
 
 
 def remove(path):

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.integration.fixtures_v2 import requires_v2_vm, v2_host, v2_playbook  # noqa: F401  # pylint: disable=unused-import  (pytest fixtures)
+from tests.integration.fixtures_v2 import requires_v2_vm, v2_host, v2_playbook  # noqa: F401 (pytest fixtures)  # pylint: disable=unused-import
 
 pytestmark = [pytest.mark.cgroupv2, pytest.mark.integration, requires_v2_vm]
 

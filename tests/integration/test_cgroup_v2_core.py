@@ -19,7 +19,7 @@ import os
 
 import pytest
 
-from tests.integration.fixtures_v2 import requires_v2_vm, v2_host  # noqa: F401  # pylint: disable=unused-import  (pytest fixtures)
+from tests.integration.fixtures_v2 import requires_v2_vm, v2_host  # noqa: F401 (pytest fixtures)  # pylint: disable=unused-import
 
 pytestmark = [pytest.mark.cgroupv2, pytest.mark.integration, requires_v2_vm]
 
