@@ -166,13 +166,13 @@ class ImageTask:
     # -- result --------------------------------------------------------------
 
     def _result(self, record, before, after):
-        result = {"changed": self.changed, "actions": self.actions}
-        if record is not None and record.get("manifest_digest") and (not self.check_mode or self.service.record(self.ref)):
-            stored = self.service.record(self.ref) or record
-            result["image"] = self.service.describe(str(self.ref), stored if not self.check_mode else record)
-        elif record is not None:
-            result["image"] = {"name": str(self.ref), "digest": record.get("digest"), "id": record.get("config_digest")}
-        else:
-            result["image"] = {}
-        result["diff"] = {"before": before, "after": after}
-        return result
+        """The image as stored after the task; in check mode, what is known without acting."""
+        if record is None:
+            image = {}
+        elif record.get("manifest_digest"):
+            stored = None if self.check_mode else self.service.record(self.ref)
+            image = self.service.describe(str(self.ref), stored or record)
+        else:  # check mode before a pull or an import: only what the registry or the plan said
+            image = {"name": str(self.ref), "digest": record.get("digest"), "id": record.get("config_digest")}
+        return {"changed": self.changed, "actions": self.actions, "image": image,
+                "diff": {"before": before, "after": after}}
