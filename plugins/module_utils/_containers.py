@@ -153,7 +153,15 @@ class ContainerService:
     # -- acting --------------------------------------------------------------
 
     def create(self, name, image_name, record, desired):
-        """Container layer, overlay root, bundle and state; nothing runs yet."""
+        """Container layer, overlay root, bundle and state; nothing runs yet.
+
+        Holds the store lock shared until state.json names the layers, so an
+        image removal running at the same time cannot free them underneath.
+        """
+        with self.images.content.lock("store", shared=True):
+            self._create(name, image_name, record, desired)
+
+    def _create(self, name, image_name, record, desired):
         paths = self.paths(name)
         process, limits, _policy = split(desired)
         check_mount_sources(self.store_root, process["mounts"])
