@@ -104,13 +104,6 @@ class ContainerService:
     def status(self, name):
         return self.supervisor.status(self.paths(name))
 
-    def live_limits(self, name):
-        """Limits as cgroupfs has them now (None when the cgroup does not exist)."""
-        cgroup = Cgroup(self.paths(name).cgroup)
-        if not cgroup.exists():
-            return None
-        return cgroup.read()
-
     def stats(self, name):
         cgroup = Cgroup(self.paths(name).cgroup)
         if not cgroup.exists():

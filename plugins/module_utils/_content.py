@@ -339,22 +339,6 @@ class ContentStore:
         except FileNotFoundError:
             return False
 
-    def disk_usage(self, path):
-        """Bytes used by a tree (apparent sizes, hardlinks counted once)."""
-        seen = set()
-        total = 0
-        for dirpath, dirnames, filenames in os.walk(path):
-            for name in dirnames + filenames:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except FileNotFoundError:
-                    continue
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-        return total
-
 
 def remove_tree(path):
     """rm -rf that never follows symlinks and copes with mode-000 directories."""

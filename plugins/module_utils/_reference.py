@@ -97,9 +97,6 @@ class Reference:
         """What to ask the registry for: the digest when pinned, else the tag."""
         return self.digest or self.tag
 
-    def with_tag(self, tag):
-        return Reference(self.registry, self.repository, tag=tag, digest=None)
-
     def with_digest(self, digest):
         return Reference(self.registry, self.repository, tag=None, digest=digest)
 
