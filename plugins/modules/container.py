@@ -403,6 +403,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.intermodal.containers.plugins.module_utils._container_state import ContainerTask
 from ansible_collections.intermodal.containers.plugins.module_utils._containers import ContainerService
+from ansible_collections.intermodal.containers.plugins.module_utils._content import DEFAULT_ROOT
 from ansible_collections.intermodal.containers.plugins.module_utils._images import ImageService, RegistrySettings
 from ansible_collections.intermodal.containers.plugins.module_utils._module import run
 from ansible_collections.intermodal.containers.plugins.module_utils._options import argument_spec as option_spec
@@ -417,7 +418,7 @@ def argument_spec():
         platform=dict(type="str"),
         comparisons=dict(type="dict"),
         recreate=dict(type="bool", default=False),
-        store_root=dict(type="path", default="/var/lib/intermodal"),
+        store_root=dict(type="path", default=DEFAULT_ROOT),
         username=dict(type="str"),
         password=dict(type="str", no_log=True),
         auth_file=dict(type="path"),

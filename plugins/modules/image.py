@@ -251,6 +251,7 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.intermodal.containers.plugins.module_utils._content import DEFAULT_ROOT
 from ansible_collections.intermodal.containers.plugins.module_utils._image_state import ImageTask
 from ansible_collections.intermodal.containers.plugins.module_utils._images import ImageService, RegistrySettings
 from ansible_collections.intermodal.containers.plugins.module_utils._module import run
@@ -278,7 +279,7 @@ def argument_spec():
         )),
         tag_as=dict(type="list", elements="str", default=[]),
         push=dict(type="bool", default=False),
-        store_root=dict(type="path", default="/var/lib/intermodal"),
+        store_root=dict(type="path", default=DEFAULT_ROOT),
         username=dict(type="str"),
         password=dict(type="str", no_log=True),
         auth_file=dict(type="path"),

@@ -95,6 +95,7 @@ missing:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.intermodal.containers.plugins.module_utils._content import DEFAULT_ROOT
 from ansible_collections.intermodal.containers.plugins.module_utils._images import ImageService
 from ansible_collections.intermodal.containers.plugins.module_utils._module import run
 from ansible_collections.intermodal.containers.plugins.module_utils._reference import parse_reference
@@ -104,7 +105,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             name=dict(type="list", elements="str"),
-            store_root=dict(type="path", default="/var/lib/intermodal"),
+            store_root=dict(type="path", default=DEFAULT_ROOT),
         ),
         supports_check_mode=True,
     )

@@ -137,6 +137,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.intermodal.containers.plugins.module_utils._content import DEFAULT_ROOT
 from ansible_collections.intermodal.containers.plugins.module_utils._module import run
 from ansible_collections.intermodal.containers.plugins.module_utils._volumes import (
     Volume,
@@ -158,7 +159,7 @@ def main():
             export_to=dict(type="path"),
             import_from=dict(type="path"),
             force=dict(type="bool", default=False),
-            store_root=dict(type="path", default="/var/lib/intermodal"),
+            store_root=dict(type="path", default=DEFAULT_ROOT),
         ),
         supports_check_mode=True,
         mutually_exclusive=[("export_to", "import_from")],
