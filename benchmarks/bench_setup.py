@@ -1,8 +1,7 @@
 """What every benchmark script does first: use the project's venv and find the collection.
 
 Imported by the scripts next to it (python3 benchmarks/<script>.py puts this
-directory on sys.path). Like tests/conftest.py, it links
-.build/collections/ansible_collections/intermodal/containers to the repo.
+directory on sys.path).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import subprocess
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLLECTIONS_DIR = os.path.join(REPO_ROOT, ".build", "collections")
+COLLECTIONS_DIR = os.path.join(REPO_ROOT, ".build", "collections")  # where tests/conftest.py links the collection
 VENV_PYTHON = os.path.join(REPO_ROOT, ".venv", "bin", "python")
 
 
@@ -25,18 +24,14 @@ def reexec_in_venv(flag):
 
 
 def ensure_collection_path():
-    """Make ansible_collections.intermodal.containers and tests.* importable."""
-    ns_dir = os.path.join(COLLECTIONS_DIR, "ansible_collections", "intermodal")
-    link = os.path.join(ns_dir, "containers")
-    os.makedirs(ns_dir, exist_ok=True)
-    if not os.path.islink(link):
-        try:
-            os.symlink(REPO_ROOT, link)
-        except FileExistsError:
-            pass
-    for path in (COLLECTIONS_DIR, REPO_ROOT):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    """Make ansible_collections.intermodal.containers and tests.* importable.
+
+    tests/conftest.py owns the .build/collections link; importing it makes it
+    (as benchmarks/monitor_rss.py does).
+    """
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    import tests.conftest  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
 
 def run(cmd, env=None, check=True, cwd=None):
